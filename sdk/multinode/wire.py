@@ -1,0 +1,293 @@
+"""Wire schemas: the JSON bodies exchanged by the SDK, the control plane and the agent.
+
+One definition serves all three sides, so a field renamed here is renamed everywhere.
+Binary payloads (pickled inputs, outputs, exceptions) travel as base64 strings
+(``Base64Bytes``); the control plane stores them as opaque bytes and never unpickles them.
+
+``WIRE_FORMAT`` versions everything persisted or sent; bump it on an incompatible change.
+This module imports only pydantic (the control plane and the agent import it too).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Literal
+
+from pydantic import Base64Bytes, BaseModel, Field
+
+WIRE_FORMAT = 1
+
+# ---------------------------------------------------------------------------- errors
+
+
+class ErrorBody(BaseModel):
+    """Every failed API response: a stable code, a sentence, structured details."""
+
+    code: str
+    message: str
+    details: dict = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- functions
+
+
+class FunctionSpec(BaseModel):
+    """Resources and options of one deployed function (validated by the SDK's decorator)."""
+
+    kind: Literal["function"] = "function"
+    cpu: float = Field(1.0, gt=0, le=192)
+    memory_mib: int | None = Field(None, gt=0)
+    gpu_type: str | None = None
+    gpu_count: int = Field(0, ge=0)
+    timeout_s: float = Field(300.0, gt=0)
+    retries: int = Field(0, ge=0, le=20)
+    max_workers: int = Field(10, ge=1, le=1000)
+    cooldown_s: float = Field(60.0, ge=0)
+
+
+class FunctionUpload(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    spec: FunctionSpec
+    blob_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the pickled function")
+
+
+class DeployRequest(BaseModel):
+    format: int = WIRE_FORMAT
+    functions: list[FunctionUpload]
+    python_version: str = Field(description="major.minor.micro of the pickling interpreter")
+    cloudpickle_version: str
+    ephemeral: bool = Field(False, description="made by `mn run`; removed when the run ends")
+
+
+class FunctionInfo(BaseModel):
+    app: str
+    name: str
+    version: int
+    spec: FunctionSpec
+    blob_hash: str
+
+
+class DeploymentInfo(BaseModel):
+    app: str
+    version: int
+    created_at: datetime
+    python_version: str
+    cloudpickle_version: str
+    functions: list[FunctionInfo]
+
+
+class AppInfo(BaseModel):
+    name: str
+    status: Literal["deployed", "undeployed"]
+    version: int | None
+    created_at: datetime
+    ephemeral: bool
+    functions: list[str]
+
+
+# ---------------------------------------------------------------------------- calls
+
+
+class CallStatus(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    timed_out = "timed_out"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (CallStatus.queued, CallStatus.running)
+
+
+class CallsCreate(BaseModel):
+    """One or many calls of one function; each input is a pickled ``(args, kwargs)``."""
+
+    app: str
+    function: str
+    version: int | None = Field(None, description="None: the app's current version")
+    inputs: list[Base64Bytes] = Field(min_length=1, max_length=10_000)
+    parent_call_id: str | None = None
+
+
+class CallsCreated(BaseModel):
+    app: str
+    function: str
+    version: int
+    call_ids: list[str]
+
+
+class CallInfo(BaseModel):
+    id: str
+    app: str
+    function: str
+    version: int
+    status: CallStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    failure_reason: str | None = None
+    instance_id: str | None = None
+    parent_call_id: str | None = None
+
+
+class CallError(BaseModel):
+    """A user exception, as the agent captured it."""
+
+    type: str = Field(description="qualified name, e.g. builtins.ValueError")
+    message: str
+    traceback: str
+    pickled: Base64Bytes | None = Field(None, description="the cloudpickled exception, if it pickled")
+
+
+class CallOutput(BaseModel):
+    """The outcome of a call that reached a terminal status."""
+
+    call_id: str
+    status: CallStatus
+    output: Base64Bytes | None = Field(None, description="pickled return value when succeeded")
+    error: CallError | None = Field(None, description="the user's exception when failed")
+    reason: str | None = Field(None, description="why it failed/timed out/was cancelled")
+
+
+class OutputsRequest(BaseModel):
+    """Long-poll: answer as soon as at least one of ``call_ids`` is terminal, or at ``timeout``."""
+
+    call_ids: list[str] = Field(min_length=1, max_length=10_000)
+    timeout: float = Field(30.0, ge=0, le=60)
+
+
+class OutputsResponse(BaseModel):
+    outputs: list[CallOutput]
+
+
+class LogEntry(BaseModel):
+    id: int
+    ts: datetime
+    app: str
+    function: str
+    call_id: str
+    stream: Literal["stdout", "stderr", "system"]
+    text: str
+
+
+class LogsPage(BaseModel):
+    lines: list[LogEntry]
+    next_after: int = Field(description="pass as ?after= to get the lines that follow")
+
+
+# ---------------------------------------------------------------------------- instances
+
+
+class InstanceState(str, Enum):
+    launching = "launching"  # row written, RunInstances not yet confirmed
+    booting = "booting"  # the cloud has it; its agent has not registered yet
+    ready = "ready"  # agent registered and heart-beating
+    terminating = "terminating"
+    terminated = "terminated"
+    failed = "failed"  # never came up, or was lost
+
+
+class InstanceInfo(BaseModel):
+    id: str
+    cloud_id: str | None
+    app: str
+    instance_type: str
+    vcpus: float
+    memory_mib: int
+    price_per_hour: float
+    state: InstanceState
+    launched_for: str = Field(description="the function whose demand launched it")
+    running_calls: int
+    launched_at: datetime
+    ready_at: datetime | None = None
+    terminated_at: datetime | None = None
+    reason: str | None = None
+
+
+# ---------------------------------------------------------------------------- agent protocol
+
+
+class RegisterRequest(BaseModel):
+    bootstrap_token: str
+    python_version: str
+    cloudpickle_version: str
+    hostname: str
+    agent_version: str
+
+
+class RegisterResponse(BaseModel):
+    instance_id: str
+    agent_token: str = Field(description="scoped to this instance's app; send as Bearer")
+    app: str
+    vcpus: float
+    memory_mib: int
+    heartbeat_interval_s: float
+    poll_timeout_s: float
+
+
+class Assignment(BaseModel):
+    """One attempt of one call, given to an agent. ``fence`` must come back with the result."""
+
+    attempt_id: str
+    call_id: str
+    fence: int
+    app: str
+    function: str
+    version: int
+    blob_hash: str
+    input: Base64Bytes
+    timeout_s: float
+    cpu: float
+    python_version: str = Field(description="interpreter that pickled the function and input")
+    cloudpickle_version: str
+
+
+class PollRequest(BaseModel):
+    """Long-poll for work; it doubles as the agent's heartbeat."""
+
+    running: list[str] = Field(default_factory=list, description="attempt ids still running here")
+    wait: float = Field(20.0, ge=0, le=60)
+
+
+class PollResponse(BaseModel):
+    assignments: list[Assignment] = Field(default_factory=list)
+    cancel: list[str] = Field(default_factory=list, description="attempt ids to stop now")
+    shutdown: bool = False
+
+
+class AttemptResult(BaseModel):
+    attempt_id: str
+    fence: int
+    status: Literal["succeeded", "failed", "timed_out", "cancelled"]
+    output: Base64Bytes | None = None
+    error: CallError | None = None
+    reason: str | None = None
+
+
+class AgentLog(BaseModel):
+    attempt_id: str
+    stream: Literal["stdout", "stderr", "system"]
+    text: str
+    ts: float = Field(description="unix seconds")
+
+
+class ReportRequest(BaseModel):
+    results: list[AttemptResult] = Field(default_factory=list)
+    logs: list[AgentLog] = Field(default_factory=list)
+
+
+class ReportResponse(BaseModel):
+    rejected: list[str] = Field(
+        default_factory=list,
+        description="attempt ids whose result was refused (stale fence, unknown attempt)",
+    )
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    database: str
