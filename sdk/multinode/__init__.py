@@ -1,0 +1,76 @@
+"""Multinode: run Python functions on cloud VMs that exist only while there is work.
+
+    import multinode as mn
+
+    @mn.function(cpu=16)
+    def crunch(x): ...
+
+Then ``mn deploy app.py`` and ``crunch.map(range(1000))``. Importing this package is
+cheap: cloudpickle, httpx and rich load only when a call, map or deploy needs them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from multinode._calls import CallHandle
+from multinode.errors import (
+    AuthError,
+    CallCancelledError,
+    CallTimeoutError,
+    ConflictError,
+    ControlPlaneUnreachableError,
+    ForbiddenError,
+    InfrastructureError,
+    InvalidRequestError,
+    MultinodeError,
+    NotFoundError,
+    RemoteError,
+    ResultTimeoutError,
+    SerializationError,
+)
+from multinode.functions import Function, function, get_call, get_function
+
+__all__ = [
+    # functions and calls
+    "function",
+    "Function",
+    "CallHandle",
+    "get_call",
+    "get_function",
+    "deploy",
+    # errors
+    "MultinodeError",
+    "SerializationError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "RemoteError",
+    "CallTimeoutError",
+    "CallCancelledError",
+    "ResultTimeoutError",
+    "ControlPlaneUnreachableError",
+    "InfrastructureError",
+    "AuthError",
+    "ForbiddenError",
+    "ConflictError",
+    "__version__",
+]
+
+
+def deploy(target: Any, *, name: str, ephemeral: bool = False) -> Any:
+    """Deploy a file, module or list of handles as app ``name``; see ``multinode._deploy.deploy``."""
+    from multinode._deploy import deploy as _deploy
+
+    return _deploy(target, name=name, ephemeral=ephemeral)
+
+
+def __getattr__(name: str) -> Any:
+    # Resolved on first use: reading installed metadata costs more than the rest of import.
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("multinode")
+        except PackageNotFoundError:
+            return "0+unknown"
+    raise AttributeError(f"module 'multinode' has no attribute {name!r}")

@@ -1,0 +1,179 @@
+"""The VM runner against the real emulator: boots user-data, stops what EC2 ends."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from multinode_provisioner.aws import EC2Compute
+from multinode_provisioner.compute import LaunchRequest
+from multinode_provisioner.settings import AwsSettings
+from multinode_provisioner.vmrunner import VMRunner
+
+from tests.support.procs import stop_process, wait_until
+
+
+def _sleeper_user_data(marker: Path) -> str:
+    """User-data that records what it saw, then stays up as a long-lived VM would."""
+    tmp = shlex.quote(f"{marker}.tmp")
+    return (
+        "#!/bin/bash\nset -eu\necho booting\n"
+        'printf "%s\\n" "$$" "$MN_VM_INSTANCE_ID" "$MN_VM_INSTANCE_TYPE" "$MN_PYTHON" "$(command -v python3)"'
+        f" > {tmp}\nmv {tmp} {shlex.quote(str(marker))}\nexec sleep 300\n"
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _state(ec2: Any, instance_id: str) -> str:
+    return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0][
+        "State"
+    ]["Name"]
+
+
+@pytest.fixture
+def runner(ec2: Any, cluster: str, tmp_path: Path) -> Iterator[VMRunner]:
+    r = VMRunner(ec2, cluster=cluster, state_dir=tmp_path / "vms", grace=5.0)
+    try:
+        yield r
+    finally:
+        r.stop_all()
+
+
+def test_boots_user_data_and_stops_it_when_ec2_terminates(
+    runner: VMRunner, settings: AwsSettings, tmp_path: Path
+) -> None:
+    compute = EC2Compute(settings)
+    marker = tmp_path / "booted"
+    inst = compute.launch(
+        LaunchRequest(
+            instance_type="c6a.large", launch_token="tok-vm", user_data=_sleeper_user_data(marker)
+        )
+    )
+
+    result = runner.run_once()
+    assert result.booted == [inst.cloud_id]
+    wait_until(marker.exists, timeout=30, what="the VM's user-data to write its marker")
+    pid, instance_id, instance_type, python, python3 = marker.read_text().split("\n")[:5]
+    assert (instance_id, instance_type) == (inst.cloud_id, "c6a.large")
+    assert python == sys.executable
+    assert python3 == str(Path(sys.executable).parent / "python3")  # the venv comes first on PATH
+    assert runner.pids == {inst.cloud_id: int(pid)}
+    assert (tmp_path / "vms" / inst.cloud_id / "user-data.sh").read_text() == _sleeper_user_data(
+        marker
+    )
+    wait_until(
+        lambda: "booting" in (tmp_path / "vms" / inst.cloud_id / "console.log").read_text(),
+        timeout=10,
+        what="console output",
+    )
+
+    # Nothing changes while the instance runs: no second boot.
+    assert runner.run_once().booted == []
+    assert _alive(int(pid))
+
+    compute.terminate([inst.cloud_id])
+    result = runner.run_once()
+    assert result.stopped == [inst.cloud_id]
+    assert not _alive(int(pid))
+    assert runner.pids == {}
+
+
+def test_a_vm_that_exits_gets_its_instance_terminated(
+    runner: VMRunner, settings: AwsSettings, ec2: Any
+) -> None:
+    compute = EC2Compute(settings)
+    inst = compute.launch(
+        LaunchRequest(
+            instance_type="t3.nano", launch_token="tok-exit", user_data="#!/bin/bash\nexit 3\n"
+        )
+    )
+    assert runner.run_once().booted == [inst.cloud_id]
+    wait_until(
+        lambda: inst.cloud_id in runner.run_once().exited,
+        timeout=30,
+        what="the VM to exit and be terminated",
+    )
+    assert _state(ec2, inst.cloud_id) in ("shutting-down", "terminated")
+    assert compute.list_instances() == []
+    result = runner.run_once()
+    assert result.booted == [] and result.stopped == [] and result.exited == []
+
+
+def test_only_its_own_cluster_and_live_instances_are_booted(
+    runner: VMRunner, settings: AwsSettings, tmp_path: Path
+) -> None:
+    other = EC2Compute(settings.model_copy(update={"cluster": settings.cluster + "-x"}))
+    other.launch(
+        LaunchRequest(
+            instance_type="t3.nano", launch_token="tok-o", user_data="#!/bin/bash\nexec sleep 300\n"
+        )
+    )
+    mine = EC2Compute(settings)
+    ended = mine.launch(
+        LaunchRequest(
+            instance_type="t3.nano", launch_token="tok-e", user_data="#!/bin/bash\nexit 0\n"
+        )
+    )
+    mine.terminate([ended.cloud_id])
+    bare = mine.launch(
+        LaunchRequest(instance_type="t3.nano", launch_token="tok-bare", user_data="")
+    )
+
+    assert runner.run_once().booted == [bare.cloud_id]  # booted, with nothing to run
+    assert runner.pids == {}
+    assert not (tmp_path / "vms" / ended.cloud_id).exists()
+
+
+def test_entry_point_stops_its_vms_on_sigterm(
+    aws_endpoint: str, settings: AwsSettings, cluster: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "runner.log"
+    args = [
+        sys.executable,
+        "-m",
+        "multinode_provisioner.vmrunner",
+        "--state-dir",
+        str(tmp_path / "vms"),
+        "--endpoint-url",
+        aws_endpoint,
+    ]
+    env = {**os.environ, "MN_VM_CLUSTER": cluster}
+    with open(out, "wb") as log:
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        wait_until(
+            lambda: "plain processes" in out.read_text(), timeout=30, what="the runner's start line"
+        )
+        marker = tmp_path / "booted"
+        EC2Compute(settings).launch(
+            LaunchRequest(
+                instance_type="t3.nano",
+                launch_token="tok-main",
+                user_data=_sleeper_user_data(marker),
+            )
+        )
+        wait_until(marker.exists, timeout=30, what="the runner to boot the VM")
+        vm_pid = int(marker.read_text().split("\n")[0])
+        assert _alive(vm_pid)
+
+        os.kill(proc.pid, signal.SIGTERM)  # the runner alone: it must stop its VMs itself
+        assert proc.wait(timeout=30) == 0, out.read_text()
+        assert not _alive(vm_pid)
+    finally:
+        stop_process(proc)
