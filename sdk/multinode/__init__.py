@@ -39,6 +39,7 @@ __all__ = [
     "get_call",
     "get_function",
     "deploy",
+    "list_instances",
     # errors
     "MultinodeError",
     "SerializationError",
@@ -62,6 +63,16 @@ def deploy(target: Any, *, name: str, ephemeral: bool = False) -> Any:
     from multinode._deploy import deploy as _deploy
 
     return _deploy(target, name=name, ephemeral=ephemeral)
+
+
+def list_instances(app: str | None = None) -> list[Any]:
+    """The instances the control plane launched (for ``app``, or all of yours), newest first.
+
+    Each is a :class:`multinode.wire.InstanceInfo`: id, instance type, vCPUs, state, price.
+    """
+    from multinode._client import get_client
+
+    return get_client().instances(app=app)
 
 
 def __getattr__(name: str) -> Any:

@@ -37,6 +37,7 @@ STATE_FORMAT = 1
 DEFAULT_AWS_PORT = 4566
 DEFAULT_CONTROL_PLANE_PORT = 7600
 CLUSTER = "local"
+LOCAL_AMI = "ami-12c6146b"  # an image the emulator lists
 _START_TIMEOUT_S = 60.0
 _STOP_GRACE_S = 10.0
 # Dummy credentials for the emulator; a user's real AWS credentials never reach it.
@@ -193,6 +194,8 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
             "MN_SERVER_API_KEY": state["api_key"],
             "MN_SERVER_CLUSTER": CLUSTER,
             "MN_SERVER_COMPUTE": "aws",
+            # Any id does for the emulator; the VM runner boots from user-data, not an image.
+            "MN_AWS_AMI_ID": LOCAL_AMI,
             **config.server_env,
         }
         args = [sys.executable, "-m", "multinode_controlplane"]

@@ -1,0 +1,412 @@
+"""The agent: register, long-poll for assignments, run each in a worker, report.
+
+Threads of one agent, each with its own HTTP client:
+
+* the control thread registers, then long-polls ``/v1/agent/poll`` (the poll is also the
+  heartbeat) and hands each assignment to a runner at once;
+* runner threads (a pool) each drive one attempt: fetch the function blob if the worker
+  lacks it, run the job in a worker process, queue the result;
+* the reporter thread posts results and log lines in batches.
+
+:meth:`Agent.run` blocks until the agent stops: on :meth:`Agent.stop`, when the server
+says ``shutdown``, when it answers 401, or when the control plane stays unreachable longer
+than ``unreachable_limit_s``. In all but the first case the machine is shut down with
+``shutdown_command`` when one is set, so a VM nobody can reach stops billing.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+
+import cloudpickle
+from multinode.wire import (
+    AgentLog,
+    Assignment,
+    AttemptResult,
+    PollRequest,
+    PollResponse,
+    RegisterRequest,
+    RegisterResponse,
+)
+
+from multinode_agent import __version__
+from multinode_agent.blobs import BlobCache
+from multinode_agent.client import (
+    ControlPlaneClient,
+    Reachability,
+    Refused,
+    Unauthorized,
+    Unreachable,
+    backoff,
+)
+from multinode_agent.reporter import Reporter
+from multinode_agent.settings import AgentSettings
+from multinode_agent.worker import Job, LogLine, Outcome, Worker, WorkerPool
+
+log = logging.getLogger(__name__)
+
+_MAX_RUNNERS = 4096  # far above any instance's concurrent attempts; threads are reused
+_FLUSH_S = 5.0
+
+
+class StopReason(str, Enum):
+    """Why :meth:`Agent.run` returned."""
+
+    stopped = "stopped"  # Agent.stop() (or SIGTERM to the agent process)
+    shutdown = "shutdown"  # the control plane said so
+    unauthorized = "unauthorized"  # token revoked or instance terminated
+    unreachable = "unreachable"  # nobody answered for longer than unreachable_limit_s
+    refused = "refused"  # registration refused (bootstrap token invalid or used)
+
+    @property
+    def powers_off(self) -> bool:
+        """Whether this end should also shut the machine down."""
+        return self is not StopReason.stopped
+
+
+@dataclass
+class _Attempt:
+    assignment: Assignment
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cancelled: bool = False
+    finished: bool = False  # its worker may already run another attempt
+    worker: Worker | None = None
+
+
+class Agent:
+    """One agent, runnable in-process (tests) or as ``python -m multinode_agent``.
+
+    Args:
+        settings: the agent's configuration.
+        pool: worker processes to use (default: a pool built from ``settings``).
+    """
+
+    def __init__(self, settings: AgentSettings, *, pool: WorkerPool | None = None) -> None:
+        self.settings = settings
+        self.registered = threading.Event()
+        self.registration: RegisterResponse | None = None
+        self._reach = Reachability(settings.unreachable_limit_s)
+        self._pool = pool or WorkerPool(
+            idle_s=settings.worker_idle_s,
+            warm=settings.warm_workers,
+            kill_grace_s=settings.kill_grace_s,
+        )
+        self._stop = threading.Event()
+        self._reason: StopReason | None = None
+        self._reason_lock = threading.Lock()
+        self._token: str | None = None
+        self._attempts: dict[str, _Attempt] = {}
+        self._attempts_lock = threading.Lock()
+        self._runners = ThreadPoolExecutor(_MAX_RUNNERS, thread_name_prefix="mn-runner")
+        self._local = threading.local()
+        self._clients: list[ControlPlaneClient] = []
+        self._clients_lock = threading.Lock()
+        self._reporter: Reporter | None = None
+        self._blobs = BlobCache(cache_dir=settings.cache_dir, fetch=self._fetch_blob)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> StopReason:
+        """Run until the agent stops; stop the workers; power off if the reason calls for it.
+
+        Call it once per :class:`Agent`. The unreachable limit counts from this call.
+
+        Returns:
+            Why the agent stopped.
+        """
+        self._reach.reset()
+        control = threading.Thread(target=self._control, name="mn-control", daemon=True)
+        control.start()
+        self._stop.wait()
+        reason = self._reason or StopReason.stopped
+        self._teardown(reason)
+        # The control thread may sit in a long poll; it is a daemon and drops what it gets.
+        control.join(1.0)
+        if reason.powers_off:
+            self._power_off(reason)
+        return reason
+
+    def stop(self, reason: StopReason = StopReason.stopped) -> None:
+        """Ask :meth:`run` to return; the first reason given wins. Safe from any thread."""
+        with self._reason_lock:
+            if self._reason is None:
+                self._reason = reason
+        self._stop.set()
+
+    @property
+    def running_attempts(self) -> list[str]:
+        """Attempts assigned here that have not finished (sent as ``running`` in each poll)."""
+        with self._attempts_lock:
+            return [k for k, v in self._attempts.items() if not v.finished]
+
+    @property
+    def unreported_attempts(self) -> list[str]:
+        """Attempts assigned here whose result the server has not yet taken."""
+        with self._attempts_lock:
+            return list(self._attempts)
+
+    # ------------------------------------------------------------------ control thread
+
+    def _control(self) -> None:
+        client = self._client()
+        try:
+            if not self._register(client):
+                return
+            self._pool.prestart()
+            self._poll_loop(client)
+        except Exception:
+            if self._stop.is_set():
+                return  # teardown closed the client under a pending request
+            log.exception("agent control loop crashed; stopping")
+            self.stop(StopReason.unreachable)
+
+    def _register(self, client: ControlPlaneClient) -> bool:
+        request = RegisterRequest(
+            bootstrap_token=self.settings.bootstrap_token,
+            python_version=platform.python_version(),
+            cloudpickle_version=cloudpickle.__version__,
+            hostname=socket.gethostname(),
+            agent_version=__version__,
+        )
+        client.token = self.settings.bootstrap_token
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                answer = client.post("/agent/register", request, RegisterResponse, timeout=15.0)
+            except (Unauthorized, Refused) as exc:
+                log.error("registration refused by %s: %s; shutting down", self.settings.url, exc)
+                self.stop(StopReason.refused)
+                return False
+            except Unreachable as exc:
+                if self._give_up_if_unreachable(exc):
+                    return False
+                self._stop.wait(min(backoff(failures), self._reach.remaining() + 0.05))
+                failures += 1
+                continue
+            self.registration = answer
+            self._token = answer.agent_token
+            client.token = answer.agent_token
+            log.info("registered as instance %s of app %s", answer.instance_id, answer.app)
+            self._reporter = Reporter(
+                self._client(),
+                interval_s=self.settings.report_interval_s,
+                on_sent=self._forget,
+                on_unauthorized=lambda: self.stop(StopReason.unauthorized),
+            )
+            self._reporter.start()
+            self.registered.set()
+            return True
+        return False
+
+    def _poll_loop(self, client: ControlPlaneClient) -> None:
+        assert self.registration is not None
+        wait = min(max(self.registration.poll_timeout_s, 0.0), 60.0)
+        failures = 0
+        while not self._stop.is_set():
+            self._pool.reap_idle()
+            request = PollRequest(running=self.running_attempts, wait=wait)
+            try:
+                answer = client.post("/agent/poll", request, PollResponse, timeout=wait + 15.0)
+            except Unauthorized as exc:
+                log.error("the control plane refused the agent token (%s); shutting down", exc)
+                self.stop(StopReason.unauthorized)
+                return
+            except (Unreachable, Refused) as exc:
+                if isinstance(exc, Unreachable) and self._give_up_if_unreachable(exc):
+                    return
+                if isinstance(exc, Refused):
+                    log.error("poll refused: %s", exc)
+                self._stop.wait(min(backoff(failures), self._reach.remaining() + 0.05))
+                failures += 1
+                continue
+            failures = 0
+            if self._stop.is_set():
+                return  # stopping: the server re-dispatches what it just sent
+            self._handle(answer)
+
+    def _handle(self, answer: PollResponse) -> None:
+        for attempt_id in answer.cancel:
+            self._cancel(attempt_id)
+        for assignment in answer.assignments:
+            with self._attempts_lock:
+                if assignment.attempt_id in self._attempts:
+                    continue  # a repeat of an assignment already running here
+                attempt = self._attempts[assignment.attempt_id] = _Attempt(assignment)
+            self._runners.submit(self._run_attempt, attempt)
+        if answer.shutdown:
+            log.info("the control plane asked this agent to shut down")
+            self.stop(StopReason.shutdown)
+
+    def _cancel(self, attempt_id: str) -> None:
+        with self._attempts_lock:
+            attempt = self._attempts.get(attempt_id)
+        if attempt is None:
+            return
+        with attempt.lock:
+            if attempt.finished:
+                return  # the server has not seen our result yet; nothing runs to stop
+            attempt.cancelled = True
+            if attempt.worker is not None:
+                attempt.worker.cancel(attempt_id)
+
+    def _give_up_if_unreachable(self, exc: Exception) -> bool:
+        if not self._reach.exceeded():
+            return False
+        log.error(
+            "control plane at %s unreachable for %.1fs (limit %gs, last error: %s); "
+            "stopping workers and shutting down",
+            self.settings.url,
+            self._reach.silent_for(),
+            self.settings.unreachable_limit_s,
+            exc,
+        )
+        self.stop(StopReason.unreachable)
+        return True
+
+    # ------------------------------------------------------------------ runner threads
+
+    def _run_attempt(self, attempt: _Attempt) -> None:
+        a = attempt.assignment
+        try:
+            outcome = self._execute(attempt)
+        except Unauthorized:
+            attempt.finished = True
+            self.stop(StopReason.unauthorized)
+            return
+        except Exception as exc:
+            if self._stop.is_set():
+                return
+            log.exception("attempt %s could not be run", a.attempt_id)
+            outcome = Outcome("failed", reason=f"the agent could not run the attempt: {exc}")
+        with attempt.lock:
+            attempt.finished = True
+        if outcome is None or (self._stop.is_set() and outcome.status != "succeeded"):
+            # Killed by our own teardown: no result; the server treats the VM as lost.
+            return
+        if outcome.reason and outcome.status != "cancelled":
+            self._add_logs([(a.attempt_id, "system", outcome.reason, time.time())])
+        # model_construct: output is raw bytes (validation would expect base64 text).
+        result = AttemptResult.model_construct(
+            attempt_id=a.attempt_id,
+            fence=a.fence,
+            status=outcome.status,
+            output=outcome.output,
+            error=outcome.error,
+            reason=outcome.reason,
+        )
+        if self._reporter is not None:
+            self._reporter.add_result(result)
+
+    def _execute(self, attempt: _Attempt) -> Outcome | None:
+        a = attempt.assignment
+        if attempt.cancelled:
+            return Outcome("cancelled", reason="cancelled on request")
+        worker = self._pool.acquire(prefer_function=a.blob_hash)
+        try:
+            blob = None
+            if not worker.has_function(a.blob_hash):
+                blob = self._blob(a.blob_hash)
+                if blob is None or isinstance(blob, Outcome):
+                    return blob  # None: the agent is stopping
+            with attempt.lock:
+                if attempt.cancelled:
+                    return Outcome("cancelled", reason="cancelled on request")
+                attempt.worker = worker
+            return worker.run(self._job(a, blob), on_logs=self._add_logs)
+        finally:
+            self._pool.release(worker)
+
+    def _blob(self, blob_hash: str) -> bytes | Outcome | None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                return self._blobs.get(blob_hash)
+            except Refused as exc:
+                return Outcome("failed", reason=f"function blob {blob_hash} unavailable: {exc}")
+            except Unreachable as exc:
+                log.warning("fetching blob %s failed: %s", blob_hash, exc)
+                self._stop.wait(backoff(failures))
+                failures += 1
+        return None
+
+    def _job(self, a: Assignment, blob: bytes | None) -> Job:
+        env = {
+            "MN_URL": self.settings.url,
+            "MN_API_KEY": self._token,
+            "MN_APP": a.app,
+            "MN_VERSION": str(a.version),
+            "MN_CALL_ID": a.call_id,
+            "MN_INSTANCE_ID": self.registration.instance_id if self.registration else "",
+        }
+        return Job(
+            attempt_id=a.attempt_id,
+            function=a.function,
+            blob_hash=a.blob_hash,
+            blob=blob,
+            input=a.input,
+            timeout_s=a.timeout_s,
+            python_version=a.python_version,
+            cloudpickle_version=a.cloudpickle_version,
+            env=env,
+        )
+
+    def _add_logs(self, lines: list[LogLine]) -> None:
+        ours = [
+            AgentLog(attempt_id=attempt_id, stream=stream, text=text, ts=ts)
+            for attempt_id, stream, text, ts in lines
+            if attempt_id is not None
+        ]
+        for attempt_id, stream, text, _ in lines:
+            if attempt_id is None:  # written by a worker between attempts
+                log.info("worker %s: %s", stream, text)
+        if ours and self._reporter is not None:
+            self._reporter.add_logs(ours)
+
+    def _forget(self, attempt_ids: list[str]) -> None:
+        with self._attempts_lock:
+            for attempt_id in attempt_ids:
+                self._attempts.pop(attempt_id, None)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _client(self) -> ControlPlaneClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = ControlPlaneClient(self.settings.url, token=self._token, reach=self._reach)
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    def _fetch_blob(self, blob_hash: str) -> bytes:
+        return self._client().get_bytes(f"/blobs/{blob_hash}")
+
+    def _teardown(self, reason: StopReason) -> None:
+        log.info("stopping (%s): stopping worker processes", reason.value)
+        self._pool.close()
+        self._runners.shutdown(wait=True, cancel_futures=True)
+        if self._reporter is not None:
+            reachable = reason in (StopReason.stopped, StopReason.shutdown)
+            self._reporter.stop(flush_s=_FLUSH_S if reachable else 0.0)
+        with self._clients_lock:
+            for client in self._clients:
+                client.close()
+
+    def _power_off(self, reason: StopReason) -> None:
+        command = self.settings.shutdown_command
+        if not command:
+            log.info("no shutdown command set; exiting the agent (%s)", reason.value)
+            return
+        log.info("running shutdown command: %s", command)
+        try:
+            subprocess.run(command, shell=True, check=False, timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.error("shutdown command failed: %s", exc)

@@ -1,0 +1,147 @@
+"""Sends results and log lines to the control plane from a thread of its own.
+
+Producers (the threads running attempts) only append to a queue, so neither they nor the
+poll loop ever wait for the network. The reporter thread takes whatever is ready, waiting
+at most ``interval_s`` after the first item so that many results travel in one request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from multinode.wire import AgentLog, AttemptResult, ReportRequest, ReportResponse
+
+from multinode_agent.client import ControlPlaneClient, Refused, Unauthorized, Unreachable, backoff
+
+log = logging.getLogger(__name__)
+
+_MAX_RESULTS = 1000
+_MAX_LOGS = 5000
+
+
+class Reporter:
+    """A background thread posting ``/v1/agent/report`` batches.
+
+    Args:
+        client: used only by the reporter thread.
+        interval_s: the longest an item waits to be batched with later ones.
+        on_sent: called with the attempt ids whose results the server has taken or
+            rejected (either way they are no longer this agent's concern).
+        on_unauthorized: called once if the server answers 401; the thread then stops.
+    """
+
+    def __init__(
+        self,
+        client: ControlPlaneClient,
+        *,
+        interval_s: float,
+        on_sent: Callable[[list[str]], None],
+        on_unauthorized: Callable[[], None],
+    ) -> None:
+        self._client = client
+        self._interval_s = interval_s
+        self._on_sent = on_sent
+        self._on_unauthorized = on_unauthorized
+        self._cond = threading.Condition()
+        self._results: deque[AttemptResult] = deque()
+        self._logs: deque[AgentLog] = deque()
+        self._stopping = False
+        self._flush_deadline = 0.0
+        self._thread = threading.Thread(target=self._loop, name="mn-reporter", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add_result(self, result: AttemptResult) -> None:
+        """Queue a result; returns at once."""
+        with self._cond:
+            self._results.append(result)
+            self._cond.notify()
+
+    def add_logs(self, lines: list[AgentLog]) -> None:
+        """Queue log lines; returns at once."""
+        with self._cond:
+            self._logs.extend(lines)
+            self._cond.notify()
+
+    def pending(self) -> int:
+        """Results and lines not yet accepted by the server."""
+        with self._cond:
+            return len(self._results) + len(self._logs)
+
+    def stop(self, *, flush_s: float = 0.0) -> None:
+        """Stop the thread, first trying for up to ``flush_s`` seconds to send what is queued."""
+        with self._cond:
+            self._stopping = True
+            self._flush_deadline = time.monotonic() + flush_s
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(flush_s + 35.0)
+
+    def _loop(self) -> None:
+        failures = 0
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                answer = self._client.post("/agent/report", batch, ReportResponse)
+            except Unauthorized:
+                log.error("the control plane refused the agent token while reporting")
+                self._on_unauthorized()
+                return
+            except Unreachable as exc:
+                self._put_back(batch)
+                if self._stop_due():
+                    return
+                delay = backoff(failures)
+                failures += 1
+                log.warning("report failed (%s); retrying in %.2fs", exc, delay)
+                with self._cond:
+                    self._cond.wait_for(self._stop_due, timeout=delay)
+                continue
+            except Refused as exc:
+                # Retrying a request the server calls invalid cannot succeed; drop it.
+                log.error("the control plane refused a report, dropping it: %s", exc)
+                answer = ReportResponse(rejected=[r.attempt_id for r in batch.results])
+            failures = 0
+            for attempt_id in answer.rejected:
+                log.warning(
+                    "result of attempt %s was rejected (stale fence or unknown)", attempt_id
+                )
+            if batch.results:
+                self._on_sent([r.attempt_id for r in batch.results])
+
+    def _next_batch(self) -> ReportRequest | None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._results or self._logs or self._stopping)
+            if self._stopping and (self._stop_due() or not (self._results or self._logs)):
+                return None
+            if not self._stopping and self._interval_s > 0:
+                # Let more results arrive, but no longer than the interval.
+                deadline = time.monotonic() + self._interval_s
+                self._cond.wait_for(
+                    lambda: (
+                        self._stopping
+                        or len(self._results) >= _MAX_RESULTS
+                        or time.monotonic() >= deadline
+                    ),
+                    timeout=self._interval_s,
+                )
+            results = [
+                self._results.popleft() for _ in range(min(len(self._results), _MAX_RESULTS))
+            ]
+            logs = [self._logs.popleft() for _ in range(min(len(self._logs), _MAX_LOGS))]
+        return ReportRequest(results=results, logs=logs)
+
+    def _put_back(self, batch: ReportRequest) -> None:
+        with self._cond:
+            self._results.extendleft(reversed(batch.results))
+            self._logs.extendleft(reversed(batch.logs))
+
+    def _stop_due(self) -> bool:
+        return self._stopping and time.monotonic() >= self._flush_deadline

@@ -1,0 +1,305 @@
+"""The code that runs inside a worker process.
+
+A worker is started by :class:`multinode_agent.worker.Worker` with one end of a socket
+pair (a :class:`multiprocessing.connection.Connection`) and runs jobs one at a time until
+the socket closes. Messages are pickled tuples (standard pickle; only plain data crosses):
+
+agent → worker:
+    ``("run", job)``: ``job`` is a dict with ``attempt_id``, ``function``, ``blob_hash``,
+    ``blob`` (the pickled function, or None when this worker already loaded it), ``input``
+    (pickled ``(args, kwargs)``), ``python_version``, ``cloudpickle_version`` and ``env``.
+
+worker → agent:
+    ``("ready", pid)`` once, when the worker can take jobs.
+    ``("logs", [(attempt_id, stream, text, ts), ...])`` while a job runs (and between jobs,
+    with ``attempt_id`` None, for output nobody asked for).
+    ``("done", attempt_id, outcome)``: ``outcome`` is a dict with ``status``
+    (``succeeded``/``failed``), ``output``, ``error`` (a dict with the fields of
+    :class:`multinode.wire.CallError`), ``reason`` and ``cached`` (whether the function is
+    now loaded here, so the agent stops sending its blob). Every log line of the job is
+    sent before its ``done``.
+
+This module imports only the standard library and cloudpickle, so a worker starts fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import io
+import os
+import platform
+import select
+import sys
+import threading
+import time
+import traceback
+from codecs import getincrementaldecoder
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cloudpickle
+
+# A partial line longer than this is sent without waiting for its newline.
+_MAX_PARTIAL = 16 * 1024
+# The agent's stderr, kept open for faulthandler (a closed file would silence it).
+_crash_log: io.TextIOWrapper | None = None
+
+
+def main() -> None:
+    """Serve jobs on the connection whose fd is ``argv[1]`` until it closes, then exit 0."""
+    conn = Connection(int(sys.argv[1]))
+    send_lock = threading.Lock()
+
+    def send(message: tuple) -> None:
+        with send_lock:
+            conn.send(message)
+
+    # Crash reports (segfaults) go to the agent's own stderr: fd 2 is about to become the
+    # capture pipe, whose reader dies with the process.
+    global _crash_log
+    _crash_log = os.fdopen(os.dup(2), "w")
+    faulthandler.enable(file=_crash_log)
+    capture = OutputCapture(send)
+    functions: dict[str, Callable[..., Any]] = {}
+    send(("ready", os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the agent is gone; nothing to hand results to
+        if message[0] != "run":
+            continue
+        job = message[1]
+        # Unpickling and pickling run user code too (imports, __reduce__), so the capture
+        # spans the whole job.
+        capture.begin(job["attempt_id"])
+        try:
+            outcome = run_job(job, functions)
+        finally:
+            capture.end()
+        send(("done", job["attempt_id"], outcome))
+
+
+def run_job(job: dict, functions: dict[str, Callable[..., Any]]) -> dict:
+    """Run one job and describe its outcome; never raises for anything the user's code does.
+
+    ``functions`` caches unpickled functions by blob hash across jobs; a function is cached
+    only once it unpickled, and the outcome's ``cached`` says whether it is.
+    """
+    os.environ.update(job["env"])
+    mismatch = version_mismatch(job["python_version"], job["cloudpickle_version"])
+    if mismatch:
+        return _failed(mismatch, cached=job["blob_hash"] in functions)
+    func = functions.get(job["blob_hash"])
+    if func is None:
+        if job["blob"] is None:
+            return _failed(
+                f"function blob {job['blob_hash']} was not sent to the worker", cached=False
+            )
+        try:
+            func = cloudpickle.loads(job["blob"])
+        except Exception as exc:
+            return _failed(_unpickle_message(f"function {job['function']}", exc, job), cached=False)
+        functions[job["blob_hash"]] = func
+    try:
+        args, kwargs = cloudpickle.loads(job["input"])
+    except Exception as exc:
+        return _failed(_unpickle_message(f"input of {job['function']}", exc, job), cached=True)
+    try:
+        value = func(*args, **kwargs)
+    except BaseException as exc:  # SystemExit from user code is a failure too
+        return {"status": "failed", "error": describe_exception(exc), "cached": True}
+    try:
+        output = cloudpickle.dumps(value, protocol=5)
+    except Exception as exc:
+        return {"status": "failed", "error": _unpicklable_result(value, exc), "cached": True}
+    return {"status": "succeeded", "output": output, "cached": True}
+
+
+def version_mismatch(python_version: str, cloudpickle_version: str) -> str | None:
+    """A message when the pickling side's major.minor versions differ from this interpreter's."""
+    here_py = platform.python_version()
+    here_cp = cloudpickle.__version__
+    if _major_minor(python_version) == _major_minor(here_py) and _major_minor(
+        cloudpickle_version
+    ) == _major_minor(here_cp):
+        return None
+    return (
+        f"pickled with Python {_major_minor(python_version)} / cloudpickle {cloudpickle_version}, "
+        f"this VM runs Python {_major_minor(here_py)} / cloudpickle {here_cp}; "
+        "deploy from a matching Python"
+    )
+
+
+def describe_exception(exc: BaseException) -> dict:
+    """The fields of :class:`multinode.wire.CallError` for an exception raised by user code.
+
+    The traceback starts at the user's function (the worker's own frame is left out);
+    ``pickled`` is None when the exception does not survive a pickle round trip.
+    """
+    tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        pickled: bytes | None = cloudpickle.dumps(exc, protocol=5)
+        cloudpickle.loads(pickled)  # some exceptions pickle but cannot be rebuilt
+    except Exception:
+        pickled = None
+    return {
+        "type": _qualified_name(type(exc)),
+        "message": str(exc),
+        "traceback": text,
+        "pickled": pickled,
+    }
+
+
+class OutputCapture:
+    """Sends what the process writes to fds 1 and 2 to the agent, line by line.
+
+    Both fds are replaced with pipes, so output from C code and child processes is caught
+    too, and ``sys.stdout``/``sys.stderr`` are rebuilt line-buffered on top of them so a
+    ``print`` reaches the agent as soon as its line ends. A reader thread forwards lines as
+    they arrive, tagged with the attempt running at the time.
+    """
+
+    def __init__(self, send: Callable[[tuple], None]) -> None:
+        self._send = send
+        # Held while reading a pipe and sending what was read, so end() can drain the
+        # pipes knowing nothing read earlier is still on its way.
+        self._lock = threading.Lock()
+        self._attempt: str | None = None
+        self._streams: dict[int, _Stream] = {}
+        for name, fd in (("stdout", 1), ("stderr", 2)):
+            read_fd, write_fd = os.pipe()
+            os.dup2(write_fd, fd)
+            os.close(write_fd)
+            os.set_blocking(read_fd, False)
+            self._streams[read_fd] = _Stream(name)
+        self.stdout = _line_buffered(1)
+        self.stderr = _line_buffered(2)
+        sys.stdout = sys.__stdout__ = self.stdout
+        sys.stderr = sys.__stderr__ = self.stderr
+        threading.Thread(target=self._pump, name="mn-output", daemon=True).start()
+
+    def begin(self, attempt_id: str) -> None:
+        """Attribute output from now on to ``attempt_id``."""
+        sys.stdout, sys.stderr = self.stdout, self.stderr  # undo a replacement by the last job
+        with self._lock:
+            self._attempt = attempt_id
+
+    def end(self) -> None:
+        """Send every byte written so far (partial last lines included), then detach."""
+        for stream in (sys.stdout, sys.stderr, self.stdout, self.stderr):
+            # A broken replacement left by user code must not lose the result.
+            with contextlib.suppress(Exception):
+                stream.flush()
+        with self._lock:
+            lines: list[tuple] = []
+            for fd, stream in self._streams.items():
+                lines += stream.feed(_read_available(fd), self._attempt, final=True)
+            self._forward(lines)
+            self._attempt = None
+
+    def _pump(self) -> None:
+        fds = list(self._streams)
+        while True:
+            readable, _, _ = select.select(fds, [], [])
+            with self._lock:
+                lines: list[tuple] = []
+                for fd in readable:
+                    lines += self._streams[fd].feed(_read_available(fd), self._attempt)
+                self._forward(lines)
+
+    def _forward(self, lines: list[tuple]) -> None:
+        if lines:
+            self._send(("logs", lines))
+
+
+class _Stream:
+    """Turns the bytes of one fd into complete lines (UTF-8, invalid bytes replaced)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._decoder = getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+
+    def feed(self, data: bytes, attempt_id: str | None, *, final: bool = False) -> list[tuple]:
+        text = self._partial + self._decoder.decode(data, final=final)
+        *complete, self._partial = text.split("\n")
+        if self._partial and (final or len(self._partial) > _MAX_PARTIAL):
+            complete.append(self._partial)
+            self._partial = ""
+        now = time.time()
+        return [(attempt_id, self.name, line, now) for line in complete]
+
+
+def _read_available(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _line_buffered(fd: int) -> io.TextIOWrapper:
+    raw = io.FileIO(fd, "w", closefd=False)
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", line_buffering=True)
+
+
+def _failed(reason: str, *, cached: bool) -> dict:
+    return {"status": "failed", "reason": reason, "cached": cached}
+
+
+def _unpickle_message(what: str, exc: Exception, job: dict) -> str:
+    cause = (
+        f"module {exc.name!r} is not installed on this VM"
+        if isinstance(exc, ModuleNotFoundError)
+        else "a Python or cloudpickle version different from the one that pickled it"
+    )
+    return (
+        f"cannot unpickle the {what}: {type(exc).__name__}: {exc}; the likely cause is {cause} "
+        f"(pickled with Python {job['python_version']} / cloudpickle {job['cloudpickle_version']}, "
+        f"this VM runs Python {platform.python_version()} / cloudpickle {cloudpickle.__version__})"
+    )
+
+
+def _unpicklable_result(value: Any, exc: Exception) -> dict:
+    type_name = _qualified_name(type(value))
+    message = (
+        f"the return value, of type {type_name}, could not be pickled: {exc}; "
+        "return plain data instead"
+    )
+    try:
+        from multinode.errors import SerializationError
+
+        error: BaseException = SerializationError(message, details={"type": type_name})
+    except ImportError:  # the SDK is always installed with the agent, but stay usable
+        error = TypeError(message)
+    described = describe_exception(exc)
+    return {
+        "type": _qualified_name(type(error)),
+        "message": message,
+        "traceback": described["traceback"],
+        "pickled": _dumps_or_none(error),
+    }
+
+
+def _dumps_or_none(obj: Any) -> bytes | None:
+    try:
+        return cloudpickle.dumps(obj, protocol=5)
+    except Exception:
+        return None
+
+
+def _qualified_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _major_minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])

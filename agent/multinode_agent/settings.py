@@ -1,0 +1,74 @@
+"""The agent's settings, read from ``MN_AGENT_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "multinode-agent" / "blobs"
+
+
+class AgentSettings(BaseSettings):
+    """Everything the agent needs, built once and passed to :class:`~multinode_agent.agent.Agent`.
+
+    User-data sets ``MN_AGENT_URL`` and ``MN_AGENT_BOOTSTRAP_TOKEN``; the rest have defaults
+    that suit a real VM. Tests build this object directly instead of patching globals.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MN_AGENT_", extra="ignore")
+
+    url: str = Field(
+        description="base URL of the control plane as seen from this VM, e.g. http://10.0.0.5:8000 "
+        "(MN_AGENT_URL); also given to user code as MN_URL"
+    )
+    bootstrap_token: str = Field(
+        description="single-use token from user-data, exchanged at registration for the agent "
+        "token (MN_AGENT_BOOTSTRAP_TOKEN)"
+    )
+    unreachable_limit_s: float = Field(
+        300.0,
+        gt=0,
+        description="if every request to the control plane fails for longer than this, stop the "
+        "workers and shut the machine down, so a lost control plane leaves no VM billing "
+        "(MN_AGENT_UNREACHABLE_LIMIT_S)",
+    )
+    shutdown_command: str | None = Field(
+        None,
+        description="shell command that powers the machine off when the agent shuts down "
+        "(server asked, token revoked, control plane unreachable), e.g. 'shutdown -h now'; "
+        "None: only exit the agent process with code 0 (MN_AGENT_SHUTDOWN_COMMAND)",
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="directory where function blobs are cached on disk by content hash "
+        "(MN_AGENT_CACHE_DIR)",
+    )
+    worker_idle_s: float = Field(
+        60.0,
+        ge=0,
+        description="a worker process idle for longer than this exits, except the warm ones "
+        "(MN_AGENT_WORKER_IDLE_S)",
+    )
+    warm_workers: int = Field(
+        1,
+        ge=0,
+        description="idle worker processes kept alive regardless of worker_idle_s, so the "
+        "next call does not wait for a process to start (MN_AGENT_WARM_WORKERS)",
+    )
+    report_interval_s: float = Field(
+        0.01,
+        ge=0,
+        le=5,
+        description="longest time a finished result or log line waits so it can be sent in "
+        "one report together with others (MN_AGENT_REPORT_INTERVAL_S)",
+    )
+    kill_grace_s: float = Field(
+        1.0,
+        ge=0,
+        description="after SIGTERM, how long a cancelled or timed-out worker may take to exit "
+        "before it gets SIGKILL (MN_AGENT_KILL_GRACE_S)",
+    )

@@ -1,0 +1,409 @@
+"""Worker processes, as the agent sees them: start, run one job at a time, kill, reuse.
+
+A :class:`Worker` is a long-lived ``python`` process running
+:func:`multinode_agent.runtime.main`, connected by a socket pair over which pickled tuples
+travel (the protocol is described in :mod:`multinode_agent.runtime`). Reusing the process
+keeps a no-op call far below a millisecond; a process is only replaced after it was killed
+(timeout, cancel) or died. :class:`WorkerPool` hands out idle workers and retires the ones
+idle for too long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Literal
+
+from multinode.wire import CallError
+
+log = logging.getLogger(__name__)
+
+LogLine = tuple[str | None, str, str, float]
+"""``(attempt_id, stream, text, unix_ts)``; attempt_id is None for output between jobs."""
+LogSink = Callable[[list[LogLine]], None]
+
+_START_TIMEOUT_S = 60.0
+_BOOT = "import multinode_agent.runtime as r; r.main()"
+
+
+class WorkerStartError(RuntimeError):
+    """A worker process exited or stayed silent instead of reporting ready."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One attempt to run in a worker.
+
+    Attributes:
+        blob: the pickled function; may be None when ``worker.has_function(blob_hash)``.
+        input: pickled ``(args, kwargs)``.
+        env: variables set in the worker's environment before the function runs.
+    """
+
+    attempt_id: str
+    function: str
+    blob_hash: str
+    blob: bytes | None
+    input: bytes
+    timeout_s: float
+    python_version: str
+    cloudpickle_version: str
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended; the fields of :class:`multinode.wire.AttemptResult` minus ids."""
+
+    status: Literal["succeeded", "failed", "timed_out", "cancelled"]
+    output: bytes | None = None
+    error: CallError | None = None
+    reason: str | None = None
+
+
+class Worker:
+    """One worker process. ``run`` is called by one thread at a time; ``cancel`` by any.
+
+    Args:
+        kill_grace_s: after SIGTERM, how long the process may take to exit before SIGKILL.
+        env: the process environment (default: this process's, minus ``MN_AGENT_*``).
+
+    Raises:
+        WorkerStartError: the process did not report ready.
+    """
+
+    def __init__(self, *, kill_grace_s: float = 1.0, env: Mapping[str, str] | None = None) -> None:
+        self.kill_grace_s = kill_grace_s
+        ours, theirs = socket.socketpair()
+        child_fd = theirs.fileno()
+        # Its own session, so killing the process group also ends what user code spawned.
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, str(child_fd)],
+            pass_fds=(child_fd,),
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else worker_env(),
+            start_new_session=True,
+        )
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._poller = select.poll()
+        self._poller.register(self._conn.fileno(), select.POLLIN)
+        self._poller.register(self._wake_r, select.POLLIN)
+        self._cancel_for: str | None = None
+        self._functions: set[str] = set()
+        self._dead = False
+        self.idle_since = time.monotonic()
+        if not self._conn.poll(_START_TIMEOUT_S):
+            self.kill()
+            raise WorkerStartError(
+                f"worker process {self.pid} did not start in {_START_TIMEOUT_S}s"
+            )
+        try:
+            self._conn.recv()  # ("ready", pid)
+        except (EOFError, OSError) as exc:
+            code = self._reap()
+            raise WorkerStartError(
+                f"worker process exited with code {code} while starting"
+            ) from exc
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        """False once the process was killed or found dead; such a worker is never reused."""
+        return not self._dead and self._proc.poll() is None
+
+    def has_function(self, blob_hash: str) -> bool:
+        """True when the function is loaded here, so a job may omit its blob."""
+        return blob_hash in self._functions
+
+    def run(self, job: Job, *, on_logs: LogSink) -> Outcome:
+        """Run ``job`` to its end and return how it ended; output lines go to ``on_logs``.
+
+        Past ``job.timeout_s`` the process is killed (``timed_out``); after
+        ``cancel(job.attempt_id)`` it is killed (``cancelled``); if it dies on its own the
+        job fails with the exit code. In all three cases the worker is dead afterwards.
+
+        Raises:
+            ValueError: ``job.blob`` is None but this worker has not loaded that function.
+        """
+        if job.blob is None and job.blob_hash not in self._functions:
+            raise ValueError(f"worker {self.pid} has not loaded {job.blob_hash}; send the blob")
+        message = {
+            "attempt_id": job.attempt_id,
+            "function": job.function,
+            "blob_hash": job.blob_hash,
+            "blob": None if job.blob_hash in self._functions else job.blob,
+            "input": job.input,
+            "python_version": job.python_version,
+            "cloudpickle_version": job.cloudpickle_version,
+            "env": dict(job.env),
+        }
+        deadline = time.monotonic() + job.timeout_s
+        try:
+            self._conn.send(("run", message))
+        except OSError:
+            return self._died()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.kill()
+                return Outcome("timed_out", reason=f"exceeded timeout of {job.timeout_s:g}s")
+            events = self._poller.poll(max(1, int(remaining * 1000) + 1))
+            for fd, _ in events:
+                if fd == self._wake_r:
+                    _drain(self._wake_r)
+                    if self._cancel_for == job.attempt_id:
+                        self.kill()
+                        return Outcome("cancelled", reason="cancelled on request")
+                    continue
+                try:
+                    reply = self._conn.recv()
+                except (EOFError, OSError):
+                    return self._died()
+                if reply[0] == "logs":
+                    on_logs(reply[1])
+                elif reply[0] == "done" and reply[1] == job.attempt_id:
+                    return self._finished(job, reply[2])
+
+    def cancel(self, attempt_id: str) -> None:
+        """Stop ``attempt_id`` if it runs (or is about to run) here; safe from any thread."""
+        self._cancel_for = attempt_id
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def terminate(self) -> None:
+        """Send SIGTERM to the worker's process group without waiting; it is not reused."""
+        self._dead = True
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGTERM the worker's process group, SIGKILL it after the grace period, reap it."""
+        self._dead = True
+        if self._proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self._proc.wait(self.kill_grace_s)
+            except subprocess.TimeoutExpired:
+                self._signal(signal.SIGKILL)
+        # Whatever the worker started may outlive it in the group; end that too.
+        self._signal(signal.SIGKILL)
+        self._reap()
+
+    def close(self) -> None:
+        """Kill the process if needed and release every descriptor."""
+        self.kill()
+        self._conn.close()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _finished(self, job: Job, outcome: dict) -> Outcome:
+        if outcome.get("cached"):
+            self._functions.add(job.blob_hash)
+        error = outcome.get("error")
+        return Outcome(
+            outcome["status"],
+            output=outcome.get("output"),
+            # model_construct: the bytes are raw already (validation would expect base64).
+            error=CallError.model_construct(**error) if error else None,
+            reason=outcome.get("reason"),
+        )
+
+    def _died(self) -> Outcome:
+        self._signal(signal.SIGKILL)  # what it started may still run in its group
+        code = self._reap()
+        self._dead = True
+        name = ""
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                name = f" ({signal.Signals(-code).name})"
+        return Outcome("failed", reason=f"worker process exited with code {code}{name}")
+
+    def _reap(self) -> int | None:
+        try:
+            return self._proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            self._signal(signal.SIGKILL)
+            return self._proc.wait()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+
+class WorkerPool:
+    """Idle workers to reuse, started on demand; one job per worker at a time.
+
+    When no worker is idle, :meth:`acquire` starts one in the background and takes
+    whichever comes first: that new worker or one released meanwhile. A burst of short
+    calls is then served by the workers that finish first, while the new ones join the
+    pool for later; a long call never waits for another call to end.
+
+    Args:
+        idle_s: a worker idle longer than this is retired by :meth:`reap_idle`...
+        warm: ...unless it is one of the ``warm`` most recently used idle workers.
+        kill_grace_s: passed to each :class:`Worker`.
+        env: the workers' environment (default: :func:`worker_env`).
+    """
+
+    def __init__(
+        self,
+        *,
+        idle_s: float = 60.0,
+        warm: int = 1,
+        kill_grace_s: float = 1.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.idle_s = idle_s
+        self.warm = warm
+        self.kill_grace_s = kill_grace_s
+        self._env = dict(env) if env is not None else worker_env()
+        self._cond = threading.Condition()
+        self._idle: list[Worker] = []  # most recently released last
+        self._busy: set[Worker] = set()
+        self._closed = False
+        self._spawning = 0
+        # Starting hundreds of interpreters at once would starve the running calls of CPU.
+        self._max_spawning = max(2, os.cpu_count() or 2)
+
+    def acquire(self, *, prefer_function: str | None = None) -> Worker:
+        """An idle worker (one that has ``prefer_function`` loaded if any), else a new one.
+
+        Raises:
+            WorkerStartError: the worker started for this caller failed to start.
+            RuntimeError: the pool is closed.
+        """
+        spawn: _Spawn | None = None
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise RuntimeError("worker pool is closed")
+                worker = self._pick(prefer_function)
+                if worker is not None:
+                    self._busy.add(worker)
+                    return worker
+                if spawn is not None and spawn.error is not None:
+                    raise spawn.error
+                if (spawn is None or spawn.done) and self._spawning < self._max_spawning:
+                    # None started yet, or ours was taken by another caller: start one.
+                    spawn = _Spawn()
+                    self._spawning += 1
+                    threading.Thread(target=self._start, args=(spawn,), daemon=True).start()
+                self._cond.wait()
+
+    def release(self, worker: Worker) -> None:
+        """Give ``worker`` back after a job; a dead one is discarded."""
+        with self._cond:
+            self._busy.discard(worker)
+            self._cond.notify_all()
+            if worker.alive and not self._closed:
+                worker.idle_since = time.monotonic()
+                self._idle.append(worker)
+                return
+        worker.close()
+
+    def prestart(self) -> None:
+        """Start workers in the background until ``warm`` are idle or starting; returns at once."""
+        with self._cond:
+            missing = self.warm - len(self._idle) - self._spawning
+            for _ in range(max(missing, 0) if not self._closed else 0):
+                self._spawning += 1
+                threading.Thread(target=self._start, args=(_Spawn(),), daemon=True).start()
+
+    def reap_idle(self) -> int:
+        """Stop workers idle for longer than ``idle_s`` beyond the ``warm`` ones; how many."""
+        cutoff = time.monotonic() - self.idle_s
+        with self._cond:
+            spare = len(self._idle) - self.warm
+            retired = [w for w in self._idle[: max(spare, 0)] if w.idle_since <= cutoff]
+            self._idle = [w for w in self._idle if w not in retired]
+        for worker in retired:
+            worker.close()
+        return len(retired)
+
+    def counts(self) -> tuple[int, int]:
+        """``(idle, busy)`` worker counts."""
+        with self._cond:
+            return len(self._idle), len(self._busy)
+
+    def close(self) -> None:
+        """Kill every worker, busy ones included; their ``run`` returns a failed outcome."""
+        with self._cond:
+            self._closed = True
+            idle, busy = self._idle, list(self._busy)
+            self._idle = []
+            self._cond.notify_all()
+        for worker in busy + idle:
+            worker.terminate()  # all at once, so the grace periods overlap
+        for worker in busy:
+            worker.kill()  # its runner closes it on release
+        for worker in idle:
+            worker.close()
+
+    def _start(self, spawn: _Spawn) -> None:
+        try:
+            worker = Worker(kill_grace_s=self.kill_grace_s, env=self._env)
+        except Exception as exc:
+            log.error("could not start a worker process: %s", exc)
+            with self._cond:
+                spawn.done, spawn.error = True, exc
+                self._spawning -= 1
+                self._cond.notify_all()
+            return
+        with self._cond:
+            spawn.done = True
+            self._spawning -= 1
+            self._cond.notify_all()
+            if not self._closed:
+                self._idle.append(worker)
+                return
+        worker.close()
+
+    def _pick(self, prefer_function: str | None) -> Worker | None:
+        while self._idle:
+            index = len(self._idle) - 1
+            if prefer_function is not None:
+                for i in range(len(self._idle) - 1, -1, -1):
+                    if self._idle[i].has_function(prefer_function):
+                        index = i
+                        break
+            worker = self._idle.pop(index)
+            if worker.alive:
+                return worker
+            worker.close()
+        return None
+
+
+@dataclass
+class _Spawn:
+    """A worker being started for one waiting caller of :meth:`WorkerPool.acquire`."""
+
+    done: bool = False
+    error: Exception | None = None
+
+
+def worker_env() -> dict[str, str]:
+    """This process's environment without the agent's own settings (the bootstrap token)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MN_AGENT_")}
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass

@@ -1,0 +1,1 @@
+"""HTTP routers: validate, call one service function, answer. No logic here."""

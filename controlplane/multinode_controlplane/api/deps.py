@@ -1,0 +1,48 @@
+"""Dependencies shared by the routers, as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, Request, Response
+from pydantic import BaseModel, TypeAdapter
+
+from multinode_controlplane.services.auth import Principal, authenticate
+from multinode_controlplane.services.context import Context
+from multinode_controlplane.settings import ServerSettings
+
+
+def get_ctx(request: Request) -> Context:
+    return request.app.state.ctx
+
+
+CtxDep = Annotated[Context, Depends(get_ctx)]
+
+
+def get_settings(ctx: CtxDep) -> ServerSettings:
+    return ctx.settings
+
+
+SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
+
+
+def get_principal(ctx: CtxDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    return authenticate(ctx, authorization)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def json_response(model: BaseModel, status_code: int = 200) -> Response:
+    """Serialise a wire model as is. Models holding raw bytes are built with
+    ``model_construct`` and must not be validated again (validation reads bytes as base64)."""
+    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+
+
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
+
+
+def json_list(items: Sequence[BaseModel], item_type: type[BaseModel]) -> Response:
+    adapter = _ADAPTERS.setdefault(item_type, TypeAdapter(list[item_type]))  # type: ignore[valid-type]
+    return Response(adapter.dump_json(list(items)), media_type="application/json")

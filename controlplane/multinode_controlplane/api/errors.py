@@ -1,0 +1,58 @@
+"""Every failure answers ``{code, message, details}`` (``multinode.wire.ErrorBody``)."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from multinode.errors import MultinodeError
+from starlette.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn errors into error bodies."""
+
+    @app.exception_handler(MultinodeError)
+    async def _multinode_error(_request: Request, exc: MultinodeError) -> JSONResponse:
+        return JSONResponse(exc.to_body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Only location, message and type: the offending input may be large or binary.
+        errors = [
+            {
+                "loc": [str(p) for p in e.get("loc", ())],
+                "msg": e.get("msg", ""),
+                "type": e.get("type", ""),
+            }
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(first["loc"][1:] if len(first["loc"]) > 1 else first["loc"])
+        message = (
+            f"invalid request: {where}: {first['msg']}"
+            if where
+            else f"invalid request: {first['msg']}"
+        )
+        return JSONResponse(
+            {"code": "invalid", "message": message, "details": {"errors": errors}}, status_code=422
+        )
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"code": code, "message": str(exc.detail), "details": {}}, status_code=exc.status_code
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return JSONResponse(
+            {"code": "internal", "message": f"internal error: {type(exc).__name__}", "details": {}},
+            status_code=500,
+        )

@@ -1,0 +1,96 @@
+"""The FastAPI application and its lifespan (database, background loops)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from multinode_controlplane import __version__
+from multinode_controlplane.api import agent, apps, blobs, calls, errors, health, instances, logs
+from multinode_controlplane.clock import Clock, system_clock
+from multinode_controlplane.db import Database
+from multinode_controlplane.loops import run_forever
+from multinode_controlplane.loops.provisioner import Provisioner
+from multinode_controlplane.loops.reaper import Reaper
+from multinode_controlplane.services import auth, provisioning
+from multinode_controlplane.services.context import Context
+from multinode_controlplane.services.events import PROVISIONER, Notifier
+from multinode_controlplane.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: ServerSettings | None = None,
+    *,
+    compute: provisioning.Compute | None = None,
+    database: Database | None = None,
+    clock: Clock = system_clock,
+) -> FastAPI:
+    """Build the control plane's app.
+
+    Args:
+        settings: default: read from ``MN_SERVER_*``.
+        compute: the cloud; default: built from ``settings.compute`` (none for "none").
+
+    Raises:
+        provisioning.ComputeConfigError: ``settings.compute`` is "aws" and the EC2
+            settings are missing.
+        database: an opened database (its SQLite lock taken); default: opened at startup
+            from ``settings.database_url`` and closed at shutdown.
+        clock: where "now" comes from.
+    """
+    settings = settings or ServerSettings()
+    cloud = compute if compute is not None else provisioning.build_compute(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = database or Database(settings.database_url)
+        try:
+            db.create_tables()
+            ctx = Context(db=db, notifier=Notifier(), settings=settings, clock=clock)
+            if settings.api_key:
+                auth.ensure_api_key(ctx, settings.api_key)
+            app.state.ctx = ctx
+            tasks = [
+                asyncio.create_task(
+                    run_forever(
+                        "reaper",
+                        Reaper(ctx, cloud).run_once,
+                        notifier=ctx.notifier,
+                        wake_on=[],
+                        interval=settings.provisioner_interval_s,
+                    )
+                )
+            ]
+            if cloud is not None:
+                tasks.append(
+                    asyncio.create_task(
+                        run_forever(
+                            "provisioner",
+                            Provisioner(ctx, cloud).run_once,
+                            notifier=ctx.notifier,
+                            wake_on=[PROVISIONER],
+                            interval=settings.provisioner_interval_s,
+                        )
+                    )
+                )
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            if database is None:
+                db.close()
+
+    app = FastAPI(title="Multinode control plane", version=__version__, lifespan=lifespan)
+    errors.install(app)
+    for module in (health, blobs, apps, calls, logs, instances, agent):
+        app.include_router(module.router, prefix="/v1")
+    return app

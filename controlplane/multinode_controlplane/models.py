@@ -1,0 +1,188 @@
+"""Tables. Timestamps are unix seconds (float) so that SQLite and PostgreSQL compare them
+alike and time arithmetic in SQL is plain subtraction; the API turns them into datetimes.
+Binary payloads are opaque bytes: nothing here ever unpickles them."""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class OwnerRow(SQLModel, table=True):
+    __tablename__ = "owners"
+
+    name: str = Field(primary_key=True)
+    created_at: float
+
+
+class ApiKeyRow(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str = Field(foreign_key="owners.name")
+    key_hash: str = Field(unique=True, index=True)
+    created_at: float
+    revoked: bool = False
+
+
+class AppRow(SQLModel, table=True):
+    __tablename__ = "apps"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str = Field(foreign_key="owners.name")
+    name: str
+    current_version: int | None = None
+    status: str = "deployed"  # deployed | undeployed
+    ephemeral: bool = False
+    created_at: float
+
+
+class DeploymentRow(SQLModel, table=True):
+    """One immutable version of an app."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (UniqueConstraint("app_id", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    app_id: int = Field(foreign_key="apps.id", index=True)
+    version: int
+    python_version: str
+    cloudpickle_version: str
+    created_at: float
+
+
+class FunctionRow(SQLModel, table=True):
+    __tablename__ = "functions"
+    __table_args__ = (UniqueConstraint("deployment_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    deployment_id: int = Field(foreign_key="deployments.id", index=True)
+    name: str
+    spec: str  # FunctionSpec as JSON
+    blob_hash: str
+
+
+class BlobRow(SQLModel, table=True):
+    """A content-addressed function blob (a pickled function; never unpickled here)."""
+
+    __tablename__ = "blobs"
+
+    sha256: str = Field(primary_key=True)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    size: int
+    created_at: float
+
+
+class CallRow(SQLModel, table=True):
+    """One call. Resource needs are copied from the function's spec for fast placement."""
+
+    __tablename__ = "calls"
+    __table_args__ = (
+        Index("ix_calls_app_status_created", "app_id", "status", "created_at"),
+        Index("ix_calls_status_app", "status", "app_id"),
+    )
+
+    id: str = Field(primary_key=True)
+    app_id: int = Field(foreign_key="apps.id")
+    version: int
+    function_id: int = Field(foreign_key="functions.id")
+    function: str
+    status: str = "queued"
+    input: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    output: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    error: str | None = None  # CallError as JSON
+    failure_reason: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0  # attempts made so far; the newest attempt's fence
+    user_failures: int = 0  # attempts failed by user code (spend `retries`)
+    infra_failures: int = 0  # attempts lost to infrastructure (spend max_call_attempts)
+    parent_call_id: str | None = None
+    cancel_requested: bool = False
+    current_attempt_id: str | None = None
+    instance_id: str | None = None
+    cpu: float
+    memory_mib: int | None = None
+    gpu_count: int = 0
+    timeout_s: float
+    retries: int = 0
+
+
+class AttemptRow(SQLModel, table=True):
+    """One run of a call on one instance; ``fence`` must come back with its result."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (
+        Index("ix_attempts_instance_status", "instance_id", "status"),
+        Index("ix_attempts_status_started", "status", "started_at"),
+    )
+
+    id: str = Field(primary_key=True)
+    call_id: str = Field(index=True)
+    number: int
+    instance_id: str
+    fence: int
+    status: str = "running"  # running | succeeded | failed | timed_out | cancelled | lost
+    started_at: float
+    finished_at: float | None = None
+    reason: str | None = None
+    cpu: float
+    memory_mib: int | None = None
+    gpu_count: int = 0
+    timeout_s: float
+
+
+class InstanceRow(SQLModel, table=True):
+    __tablename__ = "instances"
+
+    id: str = Field(primary_key=True)
+    cloud_id: str | None = Field(default=None, index=True)
+    app_id: int = Field(foreign_key="apps.id", index=True)
+    instance_type: str
+    vcpus: float
+    memory_mib: int
+    gpu_count: int = 0
+    price_per_hour: float
+    state: str = Field(default="launching", index=True)
+    launched_for: str
+    launch_token: str
+    bootstrap_token_hash: str | None = Field(default=None, index=True)
+    agent_token_hash: str | None = Field(default=None, index=True)
+    hostname: str | None = None
+    last_heartbeat: float | None = None
+    idle_since: float | None = None
+    cooldown_s: float
+    launched_at: float
+    ready_at: float | None = None
+    terminated_at: float | None = None
+    reason: str | None = None
+
+
+class LogRow(SQLModel, table=True):
+    __tablename__ = "logs"
+    __table_args__ = (
+        Index("ix_logs_app_id", "app_id", "id"),
+        Index("ix_logs_call_id", "call_id", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    ts: float
+    app_id: int
+    function: str
+    call_id: str
+    stream: str
+    text: str
+
+
+owners = OwnerRow.__table__
+api_keys = ApiKeyRow.__table__
+apps = AppRow.__table__
+deployments = DeploymentRow.__table__
+functions = FunctionRow.__table__
+blobs = BlobRow.__table__
+calls = CallRow.__table__
+attempts = AttemptRow.__table__
+instances = InstanceRow.__table__
+logs = LogRow.__table__

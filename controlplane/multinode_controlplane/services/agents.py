@@ -1,0 +1,273 @@
+"""The agent protocol: register with a single-use bootstrap token, poll (heartbeat and
+claim work), report results and logs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+from multinode import wire
+from multinode.errors import AuthError, ConflictError
+from sqlalchemy import bindparam, insert, select, update
+
+from multinode_controlplane import models as m
+from multinode_controlplane.domain import states
+from multinode_controlplane.domain.tokens import hash_token, new_token
+from multinode_controlplane.services.auth import Principal, require_agent
+from multinode_controlplane.services.claims import claim
+from multinode_controlplane.services.context import Context
+from multinode_controlplane.services.events import app_key, instance_key
+
+_SHUTDOWN_STATES = ("terminating", "terminated", "failed")
+_CHUNK = 900
+
+
+def register(ctx: Context, req: wire.RegisterRequest) -> wire.RegisterResponse:
+    """Exchange a bootstrap token (from user-data; usable once) for an agent token.
+
+    Raises:
+        AuthError: the token is unknown or was already used.
+        ConflictError: the instance is already terminating or gone.
+    """
+    now = ctx.clock()
+    digest = hash_token(req.bootstrap_token)
+    token = new_token("agent")
+    with ctx.db.write() as session:
+        instance = session.execute(
+            select(m.InstanceRow).where(m.InstanceRow.bootstrap_token_hash == digest)
+        ).scalar_one_or_none()
+        if instance is None:
+            raise AuthError("unknown or already used bootstrap token")
+        if instance.state not in ("launching", "booting"):
+            raise ConflictError(
+                f"instance {instance.id} is {instance.state}; it can no longer register",
+                details={"instance_id": instance.id, "state": instance.state},
+            )
+        instance.bootstrap_token_hash = None  # single use
+        instance.agent_token_hash = hash_token(token)
+        instance.state = "ready"
+        instance.ready_at = instance.last_heartbeat = instance.idle_since = now
+        instance.hostname = req.hostname
+        app_name = session.execute(
+            select(m.apps.c.name).where(m.apps.c.id == instance.app_id)
+        ).scalar_one()
+        response = wire.RegisterResponse(
+            instance_id=instance.id,
+            agent_token=token,
+            app=app_name,
+            vcpus=instance.vcpus,
+            memory_mib=instance.memory_mib,
+            heartbeat_interval_s=ctx.settings.heartbeat_interval_s,
+            poll_timeout_s=ctx.settings.agent_poll_timeout_s,
+        )
+    return response
+
+
+def poll_once(ctx: Context, instance_id: str, running: Sequence[str]) -> wire.PollResponse:
+    """Record a heartbeat, then answer what the agent must do now (no waiting).
+
+    ``cancel`` lists this instance's attempts whose call the caller cancelled, and
+    attempts the agent still runs that are no longer running here (reaped or reassigned).
+    """
+    now = ctx.clock()
+    i, a, c = m.instances.c, m.attempts.c, m.calls.c
+    with ctx.db.write() as session:
+        # The update takes the instance's row lock first: a concurrent poll of the same
+        # instance, or the provisioner deciding it is idle, waits for this transaction.
+        instance = session.execute(
+            update(m.instances)
+            .where(i.id == instance_id)
+            .values(last_heartbeat=now)
+            .returning(*m.instances.c)
+        ).first()
+        if instance is None:
+            raise AuthError("this agent's instance no longer exists")
+        if instance.state in _SHUTDOWN_STATES:
+            return wire.PollResponse(cancel=list(running), shutdown=True)
+        running_here = dict(
+            session.execute(
+                select(a.id, c.cancel_requested)
+                .join(m.calls, c.id == a.call_id)
+                .where(a.instance_id == instance_id, a.status == "running")
+            ).all()
+        )
+        cancel = [att for att, requested in running_here.items() if requested]
+        cancel += [att for att in running if att not in running_here]
+        app_name = session.execute(
+            select(m.apps.c.name).where(m.apps.c.id == instance.app_id)
+        ).scalar_one()
+        assignments = claim(
+            session,
+            skip_locked=not ctx.db.is_sqlite,
+            instance=instance,
+            app_name=app_name,
+            now=now,
+            limit=ctx.settings.max_assignments_per_poll,
+        )
+    return wire.PollResponse.model_construct(assignments=assignments, cancel=cancel, shutdown=False)
+
+
+async def poll(ctx: Context, principal: Principal, req: wire.PollRequest) -> wire.PollResponse:
+    """Long-poll: answer at once when there is work, a cancellation or a shutdown; else
+    wait (bounded by ``req.wait`` and ``agent_poll_timeout_s``) for calls of the app to
+    become claimable or for news about this instance, and try again."""
+    instance_id = require_agent(principal)
+    assert principal.app_id is not None
+    wait = min(req.wait, ctx.settings.agent_poll_timeout_s)
+    deadline = anyio.current_time() + wait
+    recheck = ctx.recheck_s
+    with ctx.notifier.subscribe([app_key(principal.app_id), instance_key(instance_id)]) as sub:
+        response = await anyio.to_thread.run_sync(poll_once, ctx, instance_id, req.running)
+        while not (response.assignments or response.cancel or response.shutdown):
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                break
+            fired = await sub.wait(min(remaining, recheck) if recheck else remaining)
+            if fired or recheck:
+                response = await anyio.to_thread.run_sync(poll_once, ctx, instance_id, req.running)
+    return response
+
+
+def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.ReportResponse:
+    """Apply results and store log lines, in one transaction.
+
+    A result is accepted only for an attempt of this instance that is still running and
+    whose fence is the call's current one; others are listed in ``rejected``. A failure
+    or timeout requeues the call while the function's ``retries`` last.
+    """
+    instance_id = require_agent(principal)
+    now = ctx.clock()
+    max_infra = ctx.settings.max_call_attempts
+    a, c = m.attempts.c, m.calls.c
+    ids = list({r.attempt_id for r in req.results} | {log.attempt_id for log in req.logs})
+    rejected: list[str] = []
+    finished: list[str] = []
+    requeued_apps: set[int] = set()
+    with ctx.db.write() as session:
+        session.execute(
+            update(m.instances).where(m.instances.c.id == instance_id).values(last_heartbeat=now)
+        )
+        rows = {}
+        for start in range(0, len(ids), _CHUNK):
+            for row in session.execute(
+                select(
+                    a.id,
+                    a.instance_id,
+                    a.status.label("attempt_status"),
+                    a.fence,
+                    a.call_id,
+                    c.status,
+                    c.current_attempt_id,
+                    c.retries,
+                    c.user_failures,
+                    c.infra_failures,
+                    c.cancel_requested,
+                    c.app_id,
+                    c.function,
+                )
+                .join(m.calls, c.id == a.call_id)
+                .where(a.id.in_(ids[start : start + _CHUNK]))
+            ):
+                rows[row.id] = row
+        attempt_updates, call_updates = [], []
+        for result in req.results:
+            row = rows.get(result.attempt_id)
+            if (
+                row is None
+                or row.instance_id != instance_id
+                or row.attempt_status != "running"
+                or row.fence != result.fence
+                or row.current_attempt_id != result.attempt_id
+                or row.status != states.RUNNING
+            ):
+                rejected.append(result.attempt_id)
+                continue
+            update_row = _apply_result(result, row, now, max_infra)
+            states.check_transition(row.status, update_row["_status"])
+            attempt_updates.append(
+                {"_id": row.id, "_status": result.status, "_reason": result.reason}
+            )
+            call_updates.append(update_row)
+            if update_row["_status"] == states.QUEUED:
+                requeued_apps.add(row.app_id)
+            else:
+                finished.append(row.call_id)
+        if attempt_updates:
+            session.execute(
+                update(m.attempts)
+                .where(a.id == bindparam("_id"))
+                .values(status=bindparam("_status"), finished_at=now, reason=bindparam("_reason")),
+                attempt_updates,
+            )
+        if call_updates:
+            session.execute(
+                update(m.calls)
+                .where(c.id == bindparam("_id"))
+                .values(
+                    status=bindparam("_status"),
+                    output=bindparam("_output"),
+                    error=bindparam("_error"),
+                    failure_reason=bindparam("_reason"),
+                    finished_at=bindparam("_finished"),
+                    user_failures=bindparam("_user"),
+                    current_attempt_id=bindparam("_current"),
+                ),
+                call_updates,
+            )
+        log_rows = [
+            {
+                "ts": log.ts,
+                "app_id": rows[log.attempt_id].app_id,
+                "function": rows[log.attempt_id].function,
+                "call_id": rows[log.attempt_id].call_id,
+                "stream": log.stream,
+                "text": log.text,
+            }
+            for log in req.logs
+            if log.attempt_id in rows and rows[log.attempt_id].instance_id == instance_id
+        ]
+        if log_rows:
+            session.execute(insert(m.logs), log_rows)
+    ctx.notifier.calls_finished(finished)
+    for app_id in requeued_apps:
+        ctx.notifier.calls_created(app_id)
+    if call_updates:
+        # Capacity was freed: the agent's own waiting poll can claim more now.
+        ctx.notifier.instance_changed([instance_id])
+    return wire.ReportResponse(rejected=rejected)
+
+
+def _apply_result(result: wire.AttemptResult, row, now: float, max_infra: int) -> dict:  # type: ignore[no-untyped-def]
+    """The call's new columns after ``result`` (bind names for the bulk update)."""
+    error = result.error.model_dump_json() if result.error is not None else None
+    out = {
+        "_id": row.call_id,
+        "_status": result.status,
+        "_output": None,
+        "_error": error,
+        "_reason": result.reason,
+        "_finished": now,
+        "_user": row.user_failures,
+        "_current": row.id,
+    }
+    if result.status == states.SUCCEEDED:
+        out["_output"] = result.output
+        out["_reason"] = None
+    elif result.status in (states.FAILED, states.TIMED_OUT):
+        kind = "timeout" if result.status == states.TIMED_OUT else "error"
+        default = f"{result.error.type}: {result.error.message}" if result.error else None
+        decision = states.after_attempt_failure(
+            row.retries,
+            row.user_failures,
+            row.infra_failures,
+            max_infra,
+            kind,
+            cancel_requested=row.cancel_requested,
+            reason=result.reason or default,
+        )
+        out.update(_status=decision.status, _user=decision.user_failures, _reason=decision.reason)
+        if decision.status == states.QUEUED:
+            out.update(_finished=None, _current=None)
+    else:
+        out["_reason"] = result.reason or "cancelled"
+    return out

@@ -1,0 +1,256 @@
+"""Calls: create in bulk (the hot path), read, list, cancel, and wait for outputs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import anyio
+from multinode import wire
+from multinode.errors import InvalidRequestError, NotFoundError
+from sqlalchemy import insert, select, update
+
+from multinode_controlplane import models as m
+from multinode_controlplane.clock import to_datetime
+from multinode_controlplane.domain import states
+from multinode_controlplane.services.auth import Principal, allowed_app_ids, resolve_app
+from multinode_controlplane.services.context import Context
+from multinode_controlplane.services.deployments import current_deployment, find_function
+from multinode_controlplane.services.events import call_key, instance_key
+
+CHUNK = 900  # ids per IN (...) query: under SQLite's default 999 bound parameters
+_TERMINAL = tuple(sorted(states.TERMINAL))
+
+
+def create_calls(ctx: Context, principal: Principal, req: wire.CallsCreate) -> wire.CallsCreated:
+    """Queue one call per input, in one transaction (one multi-row insert), and wake the
+    app's waiting agents and the provisioner.
+
+    Raises:
+        NotFoundError: unknown app, version or function (the details list what exists).
+        ForbiddenError: an agent creating calls of another app.
+    """
+    now = ctx.clock()
+    batch = uuid.uuid4().hex[:24]
+    # Ids sort in input order within a batch, so a map is claimed in the order it was given.
+    ids = [f"c{batch}{i:04x}" for i in range(len(req.inputs))]
+    with ctx.db.write() as session:
+        app = resolve_app(session, principal, req.app)
+        deployment = current_deployment(session, app, req.version)
+        function = find_function(session, app, deployment, req.function)
+        spec = wire.FunctionSpec.model_validate_json(function.spec)
+        common = {
+            "app_id": app.id,
+            "version": deployment.version,
+            "function_id": function.id,
+            "function": function.name,
+            "status": states.QUEUED,
+            "created_at": now,
+            "parent_call_id": req.parent_call_id,
+            "cpu": spec.cpu,
+            "memory_mib": spec.memory_mib,
+            "gpu_count": spec.gpu_count,
+            "timeout_s": spec.timeout_s,
+            "retries": spec.retries,
+        }
+        session.execute(
+            insert(m.calls),
+            [
+                {**common, "id": call_id, "input": data}
+                for call_id, data in zip(ids, req.inputs, strict=True)
+            ],
+        )
+        app_id, version = app.id, deployment.version
+    ctx.notifier.calls_created(app_id)
+    return wire.CallsCreated(app=req.app, function=req.function, version=version, call_ids=ids)
+
+
+def get_call(ctx: Context, principal: Principal, call_id: str) -> wire.CallInfo:
+    """Raises :class:`NotFoundError` for a call that does not exist or is not the caller's."""
+    with ctx.db.read() as session:
+        rows = _call_infos(session, principal, [m.calls.c.id == call_id], limit=1)
+    if not rows:
+        raise NotFoundError(f"no call {call_id!r}", details={"call_id": call_id})
+    return rows[0]
+
+
+def list_calls(
+    ctx: Context,
+    principal: Principal,
+    *,
+    app: str | None = None,
+    status: wire.CallStatus | None = None,
+    limit: int = 100,
+) -> list[wire.CallInfo]:
+    """Newest first, at most ``limit``; only the caller's apps."""
+    with ctx.db.read() as session:
+        where = []
+        if app is not None:
+            where.append(m.calls.c.app_id == resolve_app(session, principal, app).id)
+        if status is not None:
+            where.append(m.calls.c.status == status.value)
+        return _call_infos(session, principal, where, limit=limit)
+
+
+def cancel_call(ctx: Context, principal: Principal, call_id: str) -> wire.CallInfo:
+    """Cancel a call: a queued one at once; a running one when its agent stops it (it hears
+    of the request on its next poll) or its instance is lost. Terminal calls are left as
+    they are. Idempotent."""
+    now = ctx.clock()
+    finished: list[str] = []
+    instance_id = None
+    with ctx.db.write() as session:
+        allowed = allowed_app_ids(session, principal)
+        row = session.execute(
+            select(m.calls.c.status, m.calls.c.instance_id).where(
+                m.calls.c.id == call_id, m.calls.c.app_id.in_(allowed)
+            )
+        ).first()
+        if row is None:
+            raise NotFoundError(f"no call {call_id!r}", details={"call_id": call_id})
+        if row.status == states.QUEUED:
+            states.check_transition(row.status, states.CANCELLED)
+            session.execute(
+                update(m.calls)
+                .where(m.calls.c.id == call_id)
+                .values(status=states.CANCELLED, finished_at=now, failure_reason="cancelled")
+            )
+            finished.append(call_id)
+        elif row.status == states.RUNNING:
+            session.execute(
+                update(m.calls).where(m.calls.c.id == call_id).values(cancel_requested=True)
+            )
+            instance_id = row.instance_id
+    ctx.notifier.calls_finished(finished)
+    if instance_id:
+        ctx.notifier.notify([instance_key(instance_id)])
+    return get_call(ctx, principal, call_id)
+
+
+def terminal_outputs(
+    ctx: Context, principal: Principal, call_ids: Sequence[str], *, check_exist: bool = False
+) -> list[wire.CallOutput]:
+    """Outputs of the calls among ``call_ids`` that are terminal (one query per chunk).
+
+    Raises:
+        NotFoundError: with ``check_exist``, when some ids are unknown or not the caller's.
+    """
+    outputs: list[wire.CallOutput] = []
+    with ctx.db.read() as session:
+        allowed = allowed_app_ids(session, principal)
+        if check_exist:
+            _check_exist(session, allowed, call_ids)
+        c = m.calls.c
+        for start in range(0, len(call_ids), CHUNK):
+            chunk = call_ids[start : start + CHUNK]
+            rows = session.execute(
+                select(c.id, c.status, c.output, c.error, c.failure_reason).where(
+                    c.id.in_(chunk), c.status.in_(_TERMINAL), c.app_id.in_(allowed)
+                )
+            )
+            outputs.extend(
+                wire.CallOutput.model_construct(
+                    call_id=row.id,
+                    status=wire.CallStatus(row.status),
+                    output=None if row.output is None else bytes(row.output),
+                    error=None
+                    if row.error is None
+                    else wire.CallError.model_validate_json(row.error),
+                    reason=row.failure_reason,
+                )
+                for row in rows
+            )
+    return outputs
+
+
+async def wait_outputs(
+    ctx: Context, principal: Principal, req: wire.OutputsRequest
+) -> wire.OutputsResponse:
+    """Long-poll: the terminal outputs among ``req.call_ids`` as soon as there is at least
+    one, or an empty list after ``req.timeout`` seconds.
+
+    Only the calls that a wake-up names are re-read, so a map waiting on thousands of ids
+    costs one indexed lookup per finished call, not a scan per wake-up.
+    """
+    ids = list(dict.fromkeys(req.call_ids))
+    deadline = anyio.current_time() + req.timeout
+    recheck = ctx.recheck_s
+    with ctx.notifier.subscribe(call_key(i) for i in ids) as sub:
+        outputs = await anyio.to_thread.run_sync(
+            lambda: terminal_outputs(ctx, principal, ids, check_exist=True)
+        )
+        while not outputs:
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                break
+            fired = await sub.wait(min(remaining, recheck) if recheck else remaining)
+            if fired:
+                subset = [key.partition(":")[2] for key in fired]
+            elif recheck:
+                subset = ids
+            else:
+                continue
+            outputs = await anyio.to_thread.run_sync(
+                lambda subset=subset: terminal_outputs(ctx, principal, subset)
+            )
+    return wire.OutputsResponse.model_construct(outputs=outputs)
+
+
+def _check_exist(session, allowed: list[int], call_ids: Sequence[str]) -> None:  # type: ignore[no-untyped-def]
+    found: set[str] = set()
+    for start in range(0, len(call_ids), CHUNK):
+        chunk = call_ids[start : start + CHUNK]
+        found.update(
+            session.execute(
+                select(m.calls.c.id).where(m.calls.c.id.in_(chunk), m.calls.c.app_id.in_(allowed))
+            ).scalars()
+        )
+    if len(found) < len(call_ids):
+        unknown = [i for i in call_ids if i not in found]
+        raise NotFoundError(
+            f"{len(unknown)} of the call ids are unknown (or not yours), e.g. {unknown[0]!r}",
+            details={"unknown": unknown[:20], "count": len(unknown)},
+        )
+
+
+def _call_infos(session, principal: Principal, where: list, *, limit: int) -> list[wire.CallInfo]:  # type: ignore[no-untyped-def]
+    if limit < 1 or limit > 10_000:
+        raise InvalidRequestError("limit must be between 1 and 10000", details={"limit": limit})
+    c = m.calls.c
+    rows = session.execute(
+        select(
+            c.id,
+            m.apps.c.name.label("app"),
+            c.function,
+            c.version,
+            c.status,
+            c.created_at,
+            c.started_at,
+            c.finished_at,
+            c.attempts,
+            c.failure_reason,
+            c.instance_id,
+            c.parent_call_id,
+        )
+        .join(m.apps, m.apps.c.id == c.app_id)
+        .where(c.app_id.in_(allowed_app_ids(session, principal)), *where)
+        .order_by(c.created_at.desc(), c.id.desc())
+        .limit(limit)
+    )
+    return [
+        wire.CallInfo(
+            id=r.id,
+            app=r.app,
+            function=r.function,
+            version=r.version,
+            status=wire.CallStatus(r.status),
+            created_at=to_datetime(r.created_at),
+            started_at=to_datetime(r.started_at),
+            finished_at=to_datetime(r.finished_at),
+            attempts=r.attempts,
+            failure_reason=r.failure_reason,
+            instance_id=r.instance_id,
+            parent_call_id=r.parent_call_id,
+        )
+        for r in rows
+    ]

@@ -1,0 +1,25 @@
+"""What every service function needs, built once by the app and passed explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from multinode_controlplane.clock import Clock
+from multinode_controlplane.db import Database
+from multinode_controlplane.services.events import Notifier
+from multinode_controlplane.settings import ServerSettings
+
+
+@dataclass
+class Context:
+    db: Database
+    notifier: Notifier
+    settings: ServerSettings
+    clock: Clock
+
+    @property
+    def recheck_s(self) -> float | None:
+        """How often long-polls re-check the database for other replicas' events."""
+        if self.settings.event_recheck_s is not None:
+            return self.settings.event_recheck_s or None
+        return None if self.db.is_sqlite else 0.25

@@ -1,0 +1,94 @@
+"""Settings of the control plane, read once from ``MN_SERVER_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_database_url() -> str:
+    home = Path(os.environ.get("MN_HOME") or Path.home() / ".multinode")
+    return f"sqlite:///{home / 'controlplane.db'}"
+
+
+class ServerSettings(BaseSettings):
+    """Everything the control plane can be told. Tests build one directly."""
+
+    model_config = SettingsConfigDict(env_prefix="MN_SERVER_", extra="ignore")
+
+    database_url: str = Field(
+        default_factory=_default_database_url,
+        description="SQLAlchemy URL: sqlite:///path (one replica) or postgresql://... (several).",
+    )
+    host: str = Field("127.0.0.1", description="Interface the HTTP server binds.")
+    port: int = Field(7600, description="Port the HTTP server binds.")
+    public_url: str | None = Field(
+        None,
+        description="URL agents on VMs use to reach this control plane; default http://host:port.",
+    )
+    api_key: str | None = Field(
+        None,
+        description="Bootstrap API key (mnk_...): stored hashed at startup for owner 'default'.",
+    )
+    cluster: str = Field(
+        "local",
+        description="Value of the mn:cluster tag scoping this control plane's instances; it "
+        "overrides MN_AWS_CLUSTER. The rest of EC2's settings (AMI, region, subnet, security "
+        "groups, instance profile) are read from MN_AWS_* by multinode_provisioner's AwsSettings.",
+    )
+    compute: Literal["aws", "none"] = Field(
+        "aws", description="'aws': launch through EC2 (AWS_ENDPOINT_URL honoured); 'none': never."
+    )
+    agent_install_command: str = Field(
+        "", description="Shell step in user-data that installs the agent; empty on the local cloud."
+    )
+    agent_extra_env: dict[str, str] = Field(
+        default_factory=dict, description="Extra environment variables exported in user-data."
+    )
+    heartbeat_interval_s: float = Field(5.0, gt=0, description="How often agents should poll.")
+    agent_poll_timeout_s: float = Field(
+        20.0, gt=0, description="Longest an agent poll waits for work before answering empty."
+    )
+    agent_lost_after_s: float = Field(
+        30.0, gt=0, description="No heartbeat for this long: the instance is lost."
+    )
+    boot_timeout_s: float = Field(
+        300.0, gt=0, description="An instance must register within this long of its launch."
+    )
+    default_cooldown_s: float = Field(
+        60.0, ge=0, description="Idle time before termination when the function names none."
+    )
+    provisioner_interval_s: float = Field(
+        1.0, gt=0, description="Background tick; demand wakes the loops at once regardless."
+    )
+    reconcile_interval_s: float = Field(
+        30.0, gt=0, description="How often the cloud's instance list is compared with ours."
+    )
+    launch_backoff_s: float = Field(
+        30.0, ge=0, description="After a failed launch, wait this long before launching again."
+    )
+    max_call_attempts: int = Field(
+        3, ge=1, description="Attempts a call may lose to infrastructure before it fails."
+    )
+    timeout_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="A running attempt with no result this long past its timeout is reaped.",
+    )
+    max_assignments_per_poll: int = Field(
+        256, ge=1, description="Most calls one agent poll may claim."
+    )
+    event_recheck_s: float | None = Field(
+        None,
+        description="Long-polls re-check the database this often, covering events of other "
+        "replicas; default 0.25 s on PostgreSQL, off on SQLite (one replica).",
+    )
+
+    @property
+    def agent_url(self) -> str:
+        """The control plane as seen from a VM."""
+        return self.public_url or f"http://{self.host}:{self.port}"

@@ -1,0 +1,77 @@
+"""Functions the tests pickle and run in real worker processes (pickled by value)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+class CustomError(Exception):
+    """A user-defined exception type, rebuilt on the caller's side."""
+
+
+class UnpicklableError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def noop() -> None:
+    return None
+
+
+def getpid() -> int:
+    return os.getpid()
+
+
+def env(*names: str) -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in names}
+
+
+def fail(message: str) -> None:
+    _inner(message)
+
+
+def _inner(message: str) -> None:
+    raise CustomError(message)
+
+
+def fail_unpicklable() -> None:
+    raise UnpicklableError("cannot travel")
+
+
+def return_lock() -> threading.Lock:
+    return threading.Lock()
+
+
+def print_then_wait(release: str, *, bound_s: float = 30.0) -> str:
+    """Print to both streams (Python and fd level), then block until ``release`` exists."""
+    print("started")
+    print("to stderr", file=sys.stderr)
+    os.write(1, b"raw fd line\n")
+    deadline = time.monotonic() + bound_s
+    while not Path(release).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("never released")
+        time.sleep(0.01)
+    sys.stdout.write("no newline at the end")
+    return "released"
+
+
+def announce_then_sleep(seconds: float, *, ignore_sigterm: bool = False) -> None:
+    if ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("sleeping", flush=True)
+    time.sleep(seconds)
+
+
+def exit_hard(code: int) -> None:
+    os._exit(code)

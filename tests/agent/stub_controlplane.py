@@ -1,0 +1,161 @@
+"""A minimal HTTP stand-in for the agent endpoints of the control plane.
+
+The real control plane is exercised by the end-to-end suite; this stand-in lets the agent's
+own protocol handling (register, long-poll, cancel, shutdown, 401, report batching, blob
+download) be tested in isolation, over real HTTP, with the exact ``multinode.wire`` bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from multinode.wire import (
+    PollRequest,
+    PollResponse,
+    RegisterRequest,
+    RegisterResponse,
+    ReportRequest,
+    ReportResponse,
+)
+
+AGENT_TOKEN = "mna_test_token"
+BOOTSTRAP_TOKEN = "mnb_test_bootstrap"
+
+
+class StubControlPlane:
+    """Serves ``/v1/agent/*`` and ``/v1/blobs/*`` on a free loopback port.
+
+    Tests queue :class:`PollResponse` objects with :meth:`push`; each long poll hands out
+    the next one (or an empty answer after the request's ``wait``). Everything received is
+    recorded for assertions.
+    """
+
+    def __init__(self, *, poll_timeout_s: float = 0.5) -> None:
+        self.poll_timeout_s = poll_timeout_s
+        self.blobs: dict[str, bytes] = {}
+        self.registrations: list[RegisterRequest] = []
+        self.polls: list[PollRequest] = []
+        self.reports: list[ReportRequest] = []
+        self.blob_auth: list[str] = []
+        self.reject: set[str] = set()
+        self.revoked = False
+        self.failing_reports = 0  # answer this many reports with 503 first
+        self._answers: queue.Queue[PollResponse] = queue.Queue()
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        # The agent drops its long poll when it stops; that reset is expected, not news.
+        self._server.handle_error = lambda request, address: None  # type: ignore[method-assign]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> StubControlPlane:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def push(self, answer: PollResponse) -> None:
+        self._answers.put(answer)
+
+    def results(self) -> dict:
+        with self._lock:
+            return {r.attempt_id: r for report in self.reports for r in report.results}
+
+    def logs(self, attempt_id: str) -> list[tuple[str, str]]:
+        with self._lock:
+            return [
+                (line.stream, line.text)
+                for report in self.reports
+                for line in report.logs
+                if line.attempt_id == attempt_id
+            ]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle on, the body would wait
+            # for a delayed ACK (~40 ms) and the stub, not the agent, would set the pace.
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                blob_hash = self.path.rsplit("/", 1)[-1]
+                stub.blob_auth.append(self.headers.get("Authorization", ""))
+                if blob_hash not in stub.blobs:
+                    self._reply(404, b'{"code":"not_found","message":"no blob","details":{}}')
+                else:
+                    self._reply(200, stub.blobs[blob_hash], "application/octet-stream")
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path == "/v1/agent/register":
+                    request = RegisterRequest.model_validate_json(body)
+                    stub.registrations.append(request)
+                    if request.bootstrap_token != BOOTSTRAP_TOKEN:
+                        return self._reply(
+                            401, b'{"code":"unauthorized","message":"bad token","details":{}}'
+                        )
+                    answer = RegisterResponse(
+                        instance_id="i-1",
+                        agent_token=AGENT_TOKEN,
+                        app="demo",
+                        vcpus=2,
+                        memory_mib=4096,
+                        heartbeat_interval_s=5,
+                        poll_timeout_s=stub.poll_timeout_s,
+                    )
+                    return self._reply(200, answer.model_dump_json().encode())
+                if stub.revoked or self.headers.get("Authorization") != f"Bearer {AGENT_TOKEN}":
+                    return self._reply(
+                        401, b'{"code":"unauthorized","message":"revoked","details":{}}'
+                    )
+                if self.path == "/v1/agent/poll":
+                    request = PollRequest.model_validate_json(body)
+                    stub.polls.append(request)
+                    try:
+                        answer = stub._answers.get(timeout=request.wait)
+                    except queue.Empty:
+                        answer = PollResponse()
+                    return self._reply(200, answer.model_dump_json().encode())
+                if self.path == "/v1/agent/report" and stub.failing_reports > 0:
+                    stub.failing_reports -= 1
+                    return self._reply(503, b'{"code":"unreachable","message":"busy","details":{}}')
+                if self.path == "/v1/agent/report":
+                    request = ReportRequest.model_validate_json(body)
+                    with stub._lock:
+                        stub.reports.append(request)
+                    rejected = [
+                        r.attempt_id for r in request.results if r.attempt_id in stub.reject
+                    ]
+                    return self._reply(
+                        200, ReportResponse(rejected=rejected).model_dump_json().encode()
+                    )
+                self._reply(
+                    404,
+                    json.dumps({"code": "not_found", "message": self.path, "details": {}}).encode(),
+                )
+
+            def _reply(
+                self, status: int, body: bytes, content_type: str = "application/json"
+            ) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler

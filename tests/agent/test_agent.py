@@ -1,0 +1,251 @@
+"""The agent as a whole: in-process against a stand-in control plane, and as a process."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+from multinode.wire import Assignment, PollResponse
+from multinode_agent.agent import Agent, StopReason
+from multinode_agent.settings import AgentSettings
+
+from tests.agent import payloads
+from tests.agent.conftest import blob_of
+from tests.agent.stub_controlplane import AGENT_TOKEN, BOOTSTRAP_TOKEN, StubControlPlane
+from tests.support.procs import free_port, wait_until
+
+_ids = itertools.count()
+
+
+def assignment(
+    stub: StubControlPlane, func: Any, *args: Any, timeout_s: float = 30.0, **kwargs: Any
+) -> Assignment:
+    blob_hash, blob = blob_of(func)
+    stub.blobs[blob_hash] = blob
+    n = next(_ids)
+    return Assignment.model_construct(
+        attempt_id=f"att-{n}",
+        call_id=f"call-{n}",
+        fence=n + 100,
+        app="demo",
+        function=func.__name__,
+        version=1,
+        blob_hash=blob_hash,
+        input=cloudpickle.dumps((args, kwargs)),
+        timeout_s=timeout_s,
+        cpu=1.0,
+        python_version=".".join(map(str, sys.version_info[:3])),
+        cloudpickle_version=cloudpickle.__version__,
+    )
+
+
+class Running:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.reason: StopReason | None = None
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.reason = self.agent.run()
+
+    def wait(self, timeout: float = 20.0) -> StopReason | None:
+        self.thread.join(timeout)
+        return self.reason
+
+
+@pytest.fixture
+def stub() -> Iterator[StubControlPlane]:
+    with StubControlPlane() as s:
+        yield s
+
+
+def settings(url: str, tmp_path: Path, **overrides: Any) -> AgentSettings:
+    values: dict[str, Any] = {
+        "url": url,
+        "bootstrap_token": BOOTSTRAP_TOKEN,
+        "cache_dir": tmp_path / "blobs",
+        "kill_grace_s": 0.5,
+        "unreachable_limit_s": 30,
+    }
+    return AgentSettings(**(values | overrides))
+
+
+@pytest.fixture
+def running(stub: StubControlPlane, tmp_path: Path) -> Iterator[Running]:
+    run = Running(Agent(settings(stub.url, tmp_path)))
+    try:
+        assert run.agent.registered.wait(20), "the agent never registered"
+        yield run
+    finally:
+        run.agent.stop()
+        run.wait()
+        assert not run.thread.is_alive()
+
+
+def test_a_call_runs_and_its_result_and_logs_are_reported(
+    stub: StubControlPlane, running: Running, tmp_path: Path
+) -> None:
+    a = assignment(stub, payloads.print_then_wait, str(tmp_path / "go"))
+    (tmp_path / "go").touch()
+    stub.push(PollResponse(assignments=[a]))
+
+    wait_until(lambda: a.attempt_id in stub.results(), timeout=20, what="the result")
+    result = stub.results()[a.attempt_id]
+    assert (result.status, result.fence) == ("succeeded", a.fence)
+    assert cloudpickle.loads(result.output) == "released"
+    assert ("stdout", "started") in stub.logs(a.attempt_id)
+    assert ("stderr", "to stderr") in stub.logs(a.attempt_id)
+    assert stub.registrations[0].bootstrap_token == BOOTSTRAP_TOKEN
+    assert stub.blob_auth == [f"Bearer {AGENT_TOKEN}"]
+    assert (tmp_path / "blobs" / a.blob_hash).read_bytes() == stub.blobs[a.blob_hash]
+    # Once reported, the attempt no longer appears as running in the heartbeat.
+    wait_until(
+        lambda: running.agent.unreported_attempts == [],
+        timeout=10,
+        what="the attempt to be forgotten",
+    )
+
+
+def test_many_calls_share_workers_and_the_cached_blob(
+    stub: StubControlPlane, running: Running
+) -> None:
+    batch = [assignment(stub, payloads.add, i, 1) for i in range(200)]
+    stub.push(PollResponse(assignments=batch))
+
+    wait_until(lambda: len(stub.results()) == 200, timeout=30, what="200 results")
+    assert {cloudpickle.loads(r.output) for r in stub.results().values()} == set(range(1, 201))
+    assert len(stub.blob_auth) == 1  # fetched once, then served from the cache
+    assert len(stub.reports) < 200  # results were batched
+
+
+def test_the_environment_lets_user_code_call_back_as_the_app(
+    stub: StubControlPlane, running: Running
+) -> None:
+    a = assignment(stub, payloads.env, "MN_URL", "MN_API_KEY", "MN_APP", "MN_VERSION", "MN_CALL_ID")
+    stub.push(PollResponse(assignments=[a]))
+
+    wait_until(lambda: a.attempt_id in stub.results(), timeout=20, what="the result")
+    assert cloudpickle.loads(stub.results()[a.attempt_id].output) == {
+        "MN_URL": stub.url,
+        "MN_API_KEY": AGENT_TOKEN,
+        "MN_APP": "demo",
+        "MN_VERSION": "1",
+        "MN_CALL_ID": a.call_id,
+    }
+
+
+def test_cancel_and_timeout_are_reported(stub: StubControlPlane, running: Running) -> None:
+    slow = assignment(stub, payloads.announce_then_sleep, 60)
+    limited = assignment(stub, payloads.announce_then_sleep, 60, timeout_s=0.3)
+    stub.push(PollResponse(assignments=[slow, limited]))
+    wait_until(
+        lambda: ("stdout", "sleeping") in stub.logs(slow.attempt_id),
+        timeout=20,
+        what="the call to start",
+    )
+
+    # The poll doubles as the heartbeat and names what runs here.
+    wait_until(
+        lambda: any(slow.attempt_id in p.running for p in stub.polls),
+        timeout=10,
+        what="a heartbeat",
+    )
+
+    stub.push(PollResponse(cancel=[slow.attempt_id]))
+
+    wait_until(
+        lambda: {slow.attempt_id, limited.attempt_id} <= set(stub.results()),
+        timeout=20,
+        what="both results",
+    )
+    assert stub.results()[slow.attempt_id].status == "cancelled"
+    timed_out = stub.results()[limited.attempt_id]
+    assert (timed_out.status, timed_out.reason) == ("timed_out", "exceeded timeout of 0.3s")
+
+
+def test_reports_are_retried_until_the_server_takes_them(
+    stub: StubControlPlane, running: Running
+) -> None:
+    stub.failing_reports = 3
+    a = assignment(stub, payloads.add, 2, 2)
+    stub.push(PollResponse(assignments=[a]))
+
+    wait_until(lambda: a.attempt_id in stub.results(), timeout=20, what="the result")
+    assert stub.failing_reports == 0
+    assert cloudpickle.loads(stub.results()[a.attempt_id].output) == 4
+
+
+def test_a_rejected_result_is_dropped(stub: StubControlPlane, running: Running) -> None:
+    a = assignment(stub, payloads.add, 1, 2)
+    stub.reject.add(a.attempt_id)
+    stub.push(PollResponse(assignments=[a]))
+
+    wait_until(lambda: a.attempt_id in stub.results(), timeout=20, what="the result")
+    wait_until(
+        lambda: running.agent.unreported_attempts == [],
+        timeout=10,
+        what="the attempt to be dropped",
+    )
+    sent = [r for report in stub.reports for r in report.results if r.attempt_id == a.attempt_id]
+    assert len(sent) == 1
+
+
+def test_shutdown_from_the_server_runs_the_shutdown_command(
+    stub: StubControlPlane, tmp_path: Path
+) -> None:
+    marker = tmp_path / "powered-off"
+    run = Running(Agent(settings(stub.url, tmp_path, shutdown_command=f"touch {marker}")))
+    assert run.agent.registered.wait(20)
+
+    stub.push(PollResponse(shutdown=True))
+
+    assert run.wait() is StopReason.shutdown
+    assert marker.exists()
+
+
+def test_a_revoked_token_stops_the_agent(stub: StubControlPlane, tmp_path: Path) -> None:
+    run = Running(Agent(settings(stub.url, tmp_path)))
+    assert run.agent.registered.wait(20)
+
+    stub.revoked = True
+
+    assert run.wait() is StopReason.unauthorized
+
+
+def test_a_refused_bootstrap_token_stops_the_agent(stub: StubControlPlane, tmp_path: Path) -> None:
+    run = Running(Agent(settings(stub.url, tmp_path, bootstrap_token="mnb_wrong")))
+
+    assert run.wait() is StopReason.refused
+
+
+def test_the_agent_process_shuts_down_when_the_control_plane_is_unreachable(tmp_path: Path) -> None:
+    marker = tmp_path / "powered-off"
+    env = {
+        **os.environ,
+        "MN_AGENT_URL": f"http://127.0.0.1:{free_port()}",
+        "MN_AGENT_BOOTSTRAP_TOKEN": BOOTSTRAP_TOKEN,
+        "MN_AGENT_UNREACHABLE_LIMIT_S": "1",
+        "MN_AGENT_CACHE_DIR": str(tmp_path / "blobs"),
+        "MN_AGENT_SHUTDOWN_COMMAND": f"touch {marker}",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "multinode_agent"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    assert "unreachable for" in proc.stderr and "stopping workers and shutting down" in proc.stderr
+    assert f"running shutdown command: touch {marker}" in proc.stderr
+    assert marker.exists()
