@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.procs import moto_server
+
+PG_ADMIN_URL = os.environ.get("MN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +25,40 @@ def aws_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         os.environ.setdefault(key, value)
     with moto_server(tmp_path_factory.mktemp("moto")) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A uniquely named PostgreSQL database with the control plane's tables, for this
+    session, dropped at the end. Skips when PostgreSQL is unreachable, except under CI=true."""
+    with fresh_postgres_database() as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """Create a uniquely named database with the control plane's tables; drop it after."""
+    from multinode_controlplane.db import Database, normalize_url
+    from sqlalchemy import create_engine, text
+
+    try:
+        admin = create_engine(normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {type(exc).__name__}")
+    name = f"mn_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    schema = Database(url)
+    schema.create_tables()
+    schema.close()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -47,9 +47,29 @@ _MAX_PARTIAL = 16 * 1024
 _crash_log: io.TextIOWrapper | None = None
 
 
+def _die_with_parent(interval_s: float = 0.5) -> None:
+    """Exit this worker soon after the agent that started it dies.
+
+    Workers run in their own session (so a kill reaches what user code started), which
+    puts them outside the VM's process group: without this, a VM whose agent was killed
+    would leave a busy worker running. A watcher thread compares the parent pid, because
+    Linux's parent-death signal follows the spawning *thread*, which may end long before
+    the agent does.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main() -> None:
     """Serve jobs on the connection whose fd is ``argv[1]`` until it closes, then exit 0."""
     conn = Connection(int(sys.argv[1]))
+    _die_with_parent()
     send_lock = threading.Lock()
 
     def send(message: tuple) -> None:

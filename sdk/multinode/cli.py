@@ -188,13 +188,15 @@ class _LogStreamer:
             return  # logs are best effort; the run itself reports real failures
 
 
-def _print_lines(lines: list[wire.LogEntry]) -> None:
+def _print_lines(lines: list[wire.LogEntry], console: Console | None = None) -> None:
+    """Print log lines; `mn logs` sends them to stdout (pipeable), `mn run` to stderr."""
+    console = console or err
     for line in lines:
         style = {"stderr": "red", "system": "dim"}.get(line.stream, "")
         prefix = f"[cyan]{line.function}[/cyan] [dim]{line.call_id[:8]}[/dim]"
         text = line.text.rstrip("\n")
-        err.print(prefix, end=" ", highlight=False)
-        err.print(text, style=style, markup=False, highlight=False)
+        console.print(prefix, end=" ", highlight=False)
+        console.print(text, style=style, markup=False, highlight=False)
 
 
 # ---------------------------------------------------------------------------- listings
@@ -260,7 +262,7 @@ def logs_command(
             page = client.logs(
                 app=app_name, function=function, call_id=call_id, after=after, limit=1000
             )
-            _print_lines(page.lines)
+            _print_lines(page.lines, out)
             after = page.next_after
             if len(page.lines) == 1000:
                 continue
@@ -327,6 +329,7 @@ def login_command(
     client = Client(Connection(url=url, api_key=key, source="mn login"), connect_retry_s=1.0)
     try:
         health = client.health()
+        client.list_apps()  # health needs no key; this proves the key works
     finally:
         client.close()
     path = save_login(url, key)

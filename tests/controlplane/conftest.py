@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,35 +15,6 @@ from multinode_controlplane.settings import ServerSettings
 from sqlalchemy import create_engine, text
 
 from tests.controlplane.helpers import ManualClock
-
-PG_ADMIN_URL = os.environ.get("MN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A uniquely named PostgreSQL database for this session, dropped at the end."""
-    try:
-        admin = create_engine(normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}: {type(exc).__name__}")
-    name = f"mn_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    schema = Database(url)
-    schema.create_tables()
-    schema.close()
-    try:
-        yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
