@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[server,local,dev]"
 	touch $(STAMP)
 
+# Start the local cloud, run the fan-out example on it, and stop everything again.
 demo: install
-	$(PY) examples/fanout_demo.py
+	$(VENV)/bin/mn up
+	$(VENV)/bin/mn run examples/fanout.py; status=$$?; $(VENV)/bin/mn down; exit $$status
 
 test: install
 	$(PY) -m pytest -q

@@ -38,8 +38,9 @@ def postgres_url() -> Iterator[str]:
 @contextlib.contextmanager
 def fresh_postgres_database() -> Iterator[str]:
     """Create a uniquely named database with the control plane's tables; drop it after."""
-    from multinode_controlplane.db import Database, normalize_url
     from sqlalchemy import create_engine, text
+
+    from multinode_controlplane.db import Database, normalize_url
 
     try:
         admin = create_engine(normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import cloudpickle
+
 from multinode.wire import (
     AgentLog,
     Assignment,
@@ -36,7 +37,6 @@ from multinode.wire import (
     RegisterRequest,
     RegisterResponse,
 )
-
 from multinode_agent import __version__
 from multinode_agent.blobs import BlobCache
 from multinode_agent.client import (
@@ -198,6 +198,7 @@ class Agent:
             self._reporter = Reporter(
                 self._client(),
                 interval_s=self.settings.report_interval_s,
+                busy=lambda: bool(self.running_attempts),
                 on_sent=self._forget,
                 on_unauthorized=lambda: self.stop(StopReason.unauthorized),
             )

@@ -1,8 +1,10 @@
 """Sends results and log lines to the control plane from a thread of its own.
 
 Producers (the threads running attempts) only append to a queue, so neither they nor the
-poll loop ever wait for the network. The reporter thread takes whatever is ready, waiting
-at most ``interval_s`` after the first item so that many results travel in one request.
+poll loop ever wait for the network. The reporter thread takes whatever is ready. A result is
+sent at once when nothing else runs here (a caller is waiting on it); while other attempts
+still run, and for log lines alone, it waits at most ``interval_s`` so that a burst of
+results, and chatty output, travel in few requests.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from collections import deque
 from collections.abc import Callable
 
 from multinode.wire import AgentLog, AttemptResult, ReportRequest, ReportResponse
-
 from multinode_agent.client import ControlPlaneClient, Refused, Unauthorized, Unreachable, backoff
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class Reporter:
     Args:
         client: used only by the reporter thread.
         interval_s: the longest an item waits to be batched with later ones.
+        busy: whether other attempts still run here (then results are worth batching).
         on_sent: called with the attempt ids whose results the server has taken or
             rejected (either way they are no longer this agent's concern).
         on_unauthorized: called once if the server answers 401; the thread then stops.
@@ -39,11 +41,13 @@ class Reporter:
         client: ControlPlaneClient,
         *,
         interval_s: float,
+        busy: Callable[[], bool] = lambda: False,
         on_sent: Callable[[list[str]], None],
         on_unauthorized: Callable[[], None],
     ) -> None:
         self._client = client
         self._interval_s = interval_s
+        self._busy = busy
         self._on_sent = on_sent
         self._on_unauthorized = on_unauthorized
         self._cond = threading.Condition()
@@ -121,14 +125,17 @@ class Reporter:
             self._cond.wait_for(lambda: self._results or self._logs or self._stopping)
             if self._stopping and (self._stop_due() or not (self._results or self._logs)):
                 return None
-            if not self._stopping and self._interval_s > 0:
-                # Let more results arrive, but no longer than the interval.
+            if not self._stopping and self._interval_s > 0 and (not self._results or self._busy()):
+                # A lone result goes at once: a caller is waiting on it. With other attempts
+                # still running (a map), results wait briefly to share one report, and so
+                # does the poll that refills the freed capacity.
                 deadline = time.monotonic() + self._interval_s
                 self._cond.wait_for(
                     lambda: (
                         self._stopping
                         or len(self._results) >= _MAX_RESULTS
                         or time.monotonic() >= deadline
+                        or (self._results and not self._busy())  # the last one is in
                     ),
                     timeout=self._interval_s,
                 )

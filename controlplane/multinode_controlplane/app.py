@@ -11,13 +11,17 @@ from fastapi import FastAPI
 
 from multinode_controlplane import __version__
 from multinode_controlplane.api import agent, apps, blobs, calls, errors, health, instances, logs
+from multinode_controlplane.api import dicts as dicts_api
+from multinode_controlplane.api import schedules as schedules_api
 from multinode_controlplane.clock import Clock, system_clock
 from multinode_controlplane.db import Database
 from multinode_controlplane.loops import run_forever
 from multinode_controlplane.loops.provisioner import Provisioner
 from multinode_controlplane.loops.reaper import Reaper
+from multinode_controlplane.loops.scheduler import Scheduler
 from multinode_controlplane.services import auth, provisioning
 from multinode_controlplane.services.context import Context
+from multinode_controlplane.services.dict_storage import DictStorage
 from multinode_controlplane.services.events import PROVISIONER, Notifier
 from multinode_controlplane.settings import ServerSettings
 
@@ -56,6 +60,9 @@ def create_app(
             if settings.api_key:
                 auth.ensure_api_key(ctx, settings.api_key)
             app.state.ctx = ctx
+            app.state.dict_storage = DictStorage(settings)
+            if settings.dict_prepare_at_startup:
+                await asyncio.to_thread(app.state.dict_storage.prepare_quietly)
             tasks = [
                 asyncio.create_task(
                     run_forever(
@@ -67,6 +74,7 @@ def create_app(
                     )
                 )
             ]
+            tasks.append(asyncio.create_task(Scheduler(ctx).run_forever()))
             if cloud is not None:
                 tasks.append(
                     asyncio.create_task(
@@ -76,6 +84,7 @@ def create_app(
                             notifier=ctx.notifier,
                             wake_on=[PROVISIONER],
                             interval=settings.provisioner_interval_s,
+                            min_gap=settings.provisioner_min_gap_s,
                         )
                     )
                 )
@@ -91,6 +100,7 @@ def create_app(
 
     app = FastAPI(title="Multinode control plane", version=__version__, lifespan=lifespan)
     errors.install(app)
-    for module in (health, blobs, apps, calls, logs, instances, agent):
+    for module in (health, blobs, apps, calls, logs, instances, agent, schedules_api):
         app.include_router(module.router, prefix="/v1")
+    app.include_router(dicts_api.router, prefix="/v1")
     return app

@@ -176,6 +176,56 @@ class LogRow(SQLModel, table=True):
     text: str
 
 
+class ScheduleRow(SQLModel, table=True):
+    """One scheduled function of an app, kept across redeploys (its identity is the name).
+
+    ``next_fire_time`` is the earliest due time not yet acted on; NULL while paused or
+    inactive, so the scheduler's index holds only schedules that can fire. A replica
+    claims a due schedule by taking its lease and bumping ``fence``; its dispatch is
+    accepted only while the fence is unchanged.
+    """
+
+    __tablename__ = "schedules"
+    __table_args__ = (UniqueConstraint("app_id", "function"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    app_id: int = Field(foreign_key="apps.id", index=True)
+    function: str
+    rule: str  # schedule_math to_json() as JSON
+    overlap: str = "skip"  # skip | queue | allow
+    catchup_window_s: float = 3600.0
+    input: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    active: bool = True  # False once removed from the app or the app is undeployed
+    paused: bool = False
+    next_fire_time: float | None = Field(default=None, index=True)
+    last_fire_time: float | None = None  # the latest due time acted on
+    last_call_id: str | None = None  # the newest run, for the overlap policy
+    lease_owner: str | None = None
+    lease_until: float | None = None
+    fence: int = 0
+    error: str | None = None  # why the scheduler stopped this schedule, if it did
+    created_at: float
+    updated_at: float
+
+
+class FireRow(SQLModel, table=True):
+    """What happened at one due time of one schedule; unique, so a time fires once."""
+
+    __tablename__ = "schedule_fires"
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "fire_time"),
+        Index("ix_schedule_fires_status", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    schedule_id: int = Field(foreign_key="schedules.id")
+    fire_time: float
+    status: str  # dispatched | skipped | missed | queued
+    call_id: str | None = None
+    reason: str | None = None
+    dispatched_at: float  # when the scheduler acted on it (lateness = this - fire_time)
+
+
 owners = OwnerRow.__table__
 api_keys = ApiKeyRow.__table__
 apps = AppRow.__table__
@@ -186,3 +236,5 @@ calls = CallRow.__table__
 attempts = AttemptRow.__table__
 instances = InstanceRow.__table__
 logs = LogRow.__table__
+schedules = ScheduleRow.__table__
+schedule_fires = FireRow.__table__

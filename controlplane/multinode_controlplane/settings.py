@@ -65,6 +65,12 @@ class ServerSettings(BaseSettings):
     provisioner_interval_s: float = Field(
         1.0, gt=0, description="Background tick; demand wakes the loops at once regardless."
     )
+    provisioner_min_gap_s: float = Field(
+        0.1,
+        ge=0,
+        description="Least time between two demand-driven provisioner passes: the first"
+        " wake-up runs at once, a burst of new calls after it folds into one more pass.",
+    )
     reconcile_interval_s: float = Field(
         30.0, gt=0, description="How often the cloud's instance list is compared with ours."
     )
@@ -79,6 +85,13 @@ class ServerSettings(BaseSettings):
         ge=0,
         description="A running attempt with no result this long past its timeout is reaped.",
     )
+    outputs_linger_s: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Once a waiting caller has some outputs but not all, how long to gather"
+        " more before answering: batches large maps, never delays a single call.",
+    )
     max_assignments_per_poll: int = Field(
         256, ge=1, description="Most calls one agent poll may claim."
     )
@@ -86,6 +99,52 @@ class ServerSettings(BaseSettings):
         None,
         description="Long-polls re-check the database this often, covering events of other "
         "replicas; default 0.25 s on PostgreSQL, off on SQLite (one replica).",
+    )
+    min_schedule_interval_s: float = Field(
+        900.0,
+        ge=0,
+        description="Shortest gap between two fires of a schedule (15 minutes); the local cloud "
+        "may lower it for demos.",
+    )
+    scheduler_lease_s: float = Field(
+        30.0, gt=0, description="How long a replica owns the due schedules it claimed."
+    )
+    scheduler_batch: int = Field(
+        500, ge=1, description="Most due schedules one scheduler pass claims at once."
+    )
+    scheduler_idle_wake_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest the scheduler sleeps with nothing due (other replicas' deploys "
+        "do not wake it); its own deploys, resumes and the earliest due time wake it sooner.",
+    )
+    dict_table: str = Field(
+        "multinode-dicts", description="DynamoDB table of every app's mn.get_dict data."
+    )
+    dict_bucket: str = Field(
+        "multinode-dicts", description="S3 bucket for dict values too large for an item."
+    )
+    dict_role_arn: str | None = Field(
+        None,
+        description="IAM role assumed to vend dict credentials; unset: the role named "
+        "dict_role_name, created if missing when dict_create_resources is on.",
+    )
+    dict_role_name: str = Field("multinode-dicts", description="See dict_role_arn.")
+    dict_create_resources: bool = Field(
+        True, description="Create the dict table, bucket (and role) on first use if missing."
+    )
+    dict_prepare_at_startup: bool = Field(
+        False, description="Check/create the dict resources at startup instead of first use."
+    )
+    dict_region: str | None = Field(
+        None, description="Region of the dict table and bucket; default boto3's, else us-east-1."
+    )
+    dict_endpoint_url: str | None = Field(
+        None,
+        description="AWS endpoint the SDK should use for dicts (an emulator); unset: AWS itself.",
+    )
+    dict_credentials_ttl_s: int = Field(
+        3600, ge=900, le=43200, description="Lifetime of vended dict credentials."
     )
 
     @property

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from multinode.errors import InvalidRequestError
-
 from multinode_provisioner.catalog import InstanceType
 
 # CPU is counted in whole millicores (as Kubernetes does) so that slot counts are exact

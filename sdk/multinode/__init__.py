@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from multinode._calls import CallHandle
+from multinode.dicts import Dict, get_dict
 from multinode.errors import (
     AuthError,
     CallCancelledError,
@@ -30,6 +31,7 @@ from multinode.errors import (
     SerializationError,
 )
 from multinode.functions import Function, function, get_call, get_function
+from multinode.schedules import ScheduledTask, schedule, scheduled_task
 
 __all__ = [
     # functions and calls
@@ -40,6 +42,13 @@ __all__ = [
     "get_function",
     "deploy",
     "list_instances",
+    # scheduled tasks
+    "scheduled_task",
+    "schedule",
+    "ScheduledTask",
+    # dicts
+    "get_dict",
+    "Dict",
     # errors
     "MultinodeError",
     "SerializationError",

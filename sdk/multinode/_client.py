@@ -202,6 +202,18 @@ class Client:
         response = self._request("GET", "/instances", params=_params(app=app))
         return [wire.InstanceInfo.model_validate(item) for item in response.json()]
 
+    # ------------------------------------------------------------------ dicts
+
+    def dict_credentials(self, app: str) -> wire.DictCredentials:
+        """Vended AWS credentials scoped to ``app``'s dicts (ForbiddenError for another app's)."""
+        response = self._request("POST", f"/apps/{app}/dict-credentials")
+        return wire.DictCredentials.model_validate_json(response.content)
+
+    def delete_dicts(self, app: str) -> wire.DictsDeleted:
+        """Delete every dict of ``app`` and their large values in S3 (API keys only)."""
+        response = self._request("DELETE", f"/apps/{app}/dicts", read_timeout=600.0)
+        return wire.DictsDeleted.model_validate_json(response.content)
+
     # ------------------------------------------------------------------ transport
 
     def _request(

@@ -22,6 +22,7 @@ from multinode import wire
 from multinode._serialization import blob_hash, is_user_module, pickle_function, register_by_value
 from multinode.errors import InvalidRequestError
 from multinode.functions import Function, registered_functions
+from multinode.schedules import collect_schedules
 
 _APP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -134,6 +135,7 @@ def deploy(
         python_version=platform.python_version(),
         cloudpickle_version=cloudpickle.__version__,
         ephemeral=ephemeral,
+        schedules=collect_schedules(functions),
     )
     info = client.deploy(name, request)
     for fn in functions:

@@ -58,6 +58,9 @@ class DeployRequest(BaseModel):
     python_version: str = Field(description="major.minor.micro of the pickling interpreter")
     cloudpickle_version: str
     ephemeral: bool = Field(False, description="made by `mn run`; removed when the run ends")
+    schedules: list[ScheduleUpload] = Field(
+        default_factory=list, description="schedules of this version, one per scheduled function"
+    )
 
 
 class FunctionInfo(BaseModel):
@@ -291,3 +294,96 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
     version: str
     database: str
+
+
+# ---------------------------------------------------------------------------- schedules
+
+
+class ScheduleUpload(BaseModel):
+    """A schedule as deployed: which function it runs, when, and its policies.
+
+    ``rule`` is ``multinode.schedule_math``'s versioned ``to_json()`` dict; the control plane
+    reads it back with the same code. ``input`` is the pickled ``((), {})`` each fire's call
+    receives, made by the SDK because the control plane never pickles.
+    """
+
+    format: int = WIRE_FORMAT
+    function: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    rule: dict
+    overlap: Literal["skip", "queue", "allow"] = "skip"
+    catchup_window_s: float = Field(3600.0, ge=0)
+    input: Base64Bytes
+
+
+class FireStatus(str, Enum):
+    dispatched = "dispatched"  # a call was created for this due time
+    skipped = "skipped"  # overlap="skip" (or a run already queued): no call
+    missed = "missed"  # due while no scheduler ran, and not the one catch-up run
+    queued = "queued"  # overlap="queue": waits for the previous run to finish
+
+
+class FireInfo(BaseModel):
+    app: str
+    function: str
+    fire_time: datetime
+    status: FireStatus
+    call_id: str | None = None
+    reason: str | None = None
+    dispatched_at: datetime | None = Field(None, description="when the scheduler acted on it")
+
+
+class ScheduleInfo(BaseModel):
+    app: str
+    function: str
+    kind: Literal["interval", "cron"]
+    description: str
+    timezone: str
+    rule: dict
+    overlap: Literal["skip", "queue", "allow"]
+    catchup_window_s: float
+    status: Literal["active", "paused", "inactive", "stopped"] = Field(
+        description="inactive: the app is undeployed; stopped: its rule failed (see error)"
+    )
+    next_fires: list[datetime] = Field(default_factory=list)
+    last_fire: FireInfo | None = None
+    error: str | None = None
+
+
+class TriggerResponse(BaseModel):
+    app: str
+    function: str
+    call_id: str
+
+
+DeployRequest.model_rebuild()
+
+
+# ---------------------------------------------------------------------------- dicts
+
+
+class DictCredentials(BaseModel):
+    """Short-lived AWS credentials for one app's dicts (``POST /apps/{app}/dict-credentials``).
+
+    A session policy limits them to items whose partition key starts with ``key_prefix``
+    and to S3 objects under ``object_prefix`` in ``bucket``.
+    """
+
+    access_key_id: str
+    secret_access_key: str
+    session_token: str
+    expiration: datetime
+    region: str
+    table: str
+    bucket: str
+    key_prefix: str = Field(description="every partition key of this app starts with it")
+    object_prefix: str = Field(description="every S3 object key of this app starts with it")
+    endpoint_url: str | None = Field(None, description="AWS endpoint to use; None: AWS itself")
+
+
+class DictsDeleted(BaseModel):
+    """What ``DELETE /apps/{app}/dicts`` removed."""
+
+    app: str
+    dicts: list[str]
+    items: int
+    objects: int

@@ -10,8 +10,8 @@ from typing import Any
 
 import cloudpickle
 import pytest
-from multinode_agent.worker import Job, Worker, WorkerPool
 
+from multinode_agent.worker import Job, Worker, WorkerPool
 from tests.agent import payloads
 
 cloudpickle.register_pickle_by_value(payloads)

@@ -1,8 +1,17 @@
-"""A minimal HTTP stand-in for the agent endpoints of the control plane.
+"""An HTTP stand-in for the agent endpoints, for failures the real one will not give on demand.
 
-The real control plane is exercised by the end-to-end suite; this stand-in lets the agent's
-own protocol handling (register, long-poll, cancel, shutdown, 401, report batching, blob
-download) be tested in isolation, over real HTTP, with the exact ``multinode.wire`` bodies.
+Everything the real control plane does in normal operation (assignments, results and logs,
+the callers' environment, cancel, timeout, blob download and caching, refusing a bad
+bootstrap token) is tested against it in ``tests/e2e``. This stand-in exists only to inject,
+over real HTTP with the exact ``multinode.wire`` bodies:
+
+- ``failing_reports``: answer the next reports with 503 (a control plane that is busy or
+  restarting), so the agent must keep its results and retry;
+- ``reject``: refuse results by attempt id (a fence that went stale because the attempt was
+  reassigned), so the agent must drop them instead of retrying forever;
+- ``push(PollResponse(shutdown=True))``: order a shutdown at once (the real one does so
+  only after an idle cooldown, and local-cloud agents run no shutdown command);
+- ``revoked``: answer 401 to a token that worked a moment ago (an instance declared lost).
 """
 
 from __future__ import annotations
@@ -28,18 +37,15 @@ BOOTSTRAP_TOKEN = "mnb_test_bootstrap"
 class StubControlPlane:
     """Serves ``/v1/agent/*`` and ``/v1/blobs/*`` on a free loopback port.
 
-    Tests queue :class:`PollResponse` objects with :meth:`push`; each long poll hands out
-    the next one (or an empty answer after the request's ``wait``). Everything received is
-    recorded for assertions.
+    Registration always succeeds. Tests queue :class:`PollResponse` objects with
+    :meth:`push`; each long poll hands out the next one (or an empty answer after the
+    request's ``wait``). Reports are recorded for assertions.
     """
 
     def __init__(self, *, poll_timeout_s: float = 0.5) -> None:
         self.poll_timeout_s = poll_timeout_s
         self.blobs: dict[str, bytes] = {}
-        self.registrations: list[RegisterRequest] = []
-        self.polls: list[PollRequest] = []
         self.reports: list[ReportRequest] = []
-        self.blob_auth: list[str] = []
         self.reject: set[str] = set()
         self.revoked = False
         self.failing_reports = 0  # answer this many reports with 503 first
@@ -71,15 +77,6 @@ class StubControlPlane:
         with self._lock:
             return {r.attempt_id: r for report in self.reports for r in report.results}
 
-    def logs(self, attempt_id: str) -> list[tuple[str, str]]:
-        with self._lock:
-            return [
-                (line.stream, line.text)
-                for report in self.reports
-                for line in report.logs
-                if line.attempt_id == attempt_id
-            ]
-
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         stub = self
 
@@ -94,7 +91,6 @@ class StubControlPlane:
 
             def do_GET(self) -> None:
                 blob_hash = self.path.rsplit("/", 1)[-1]
-                stub.blob_auth.append(self.headers.get("Authorization", ""))
                 if blob_hash not in stub.blobs:
                     self._reply(404, b'{"code":"not_found","message":"no blob","details":{}}')
                 else:
@@ -103,12 +99,7 @@ class StubControlPlane:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.path == "/v1/agent/register":
-                    request = RegisterRequest.model_validate_json(body)
-                    stub.registrations.append(request)
-                    if request.bootstrap_token != BOOTSTRAP_TOKEN:
-                        return self._reply(
-                            401, b'{"code":"unauthorized","message":"bad token","details":{}}'
-                        )
+                    RegisterRequest.model_validate_json(body)
                     answer = RegisterResponse(
                         instance_id="i-1",
                         agent_token=AGENT_TOKEN,
@@ -125,7 +116,6 @@ class StubControlPlane:
                     )
                 if self.path == "/v1/agent/poll":
                     request = PollRequest.model_validate_json(body)
-                    stub.polls.append(request)
                     try:
                         answer = stub._answers.get(timeout=request.wait)
                     except queue.Empty:

@@ -1,4 +1,11 @@
-"""The agent as a whole: in-process against a stand-in control plane, and as a process."""
+"""The agent under failures the real control plane cannot produce on demand.
+
+Its normal work against the real control plane (results, logs, environment, cancel,
+timeout, the blob cache, a refused registration) is tested in ``tests/e2e``
+(``test_functions_e2e.py``, ``test_sdk_e2e.py``, ``test_agent_e2e.py``). Here it runs
+in-process against :class:`StubControlPlane`, which injects 503s, rejected results, a
+shutdown order and a revoked token; and as a process with no control plane at all.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +20,13 @@ from typing import Any
 
 import cloudpickle
 import pytest
+
 from multinode.wire import Assignment, PollResponse
 from multinode_agent.agent import Agent, StopReason
 from multinode_agent.settings import AgentSettings
-
 from tests.agent import payloads
 from tests.agent.conftest import blob_of
-from tests.agent.stub_controlplane import AGENT_TOKEN, BOOTSTRAP_TOKEN, StubControlPlane
+from tests.agent.stub_controlplane import BOOTSTRAP_TOKEN, StubControlPlane
 from tests.support.procs import free_port, wait_until
 
 _ids = itertools.count()
@@ -91,87 +98,6 @@ def running(stub: StubControlPlane, tmp_path: Path) -> Iterator[Running]:
         assert not run.thread.is_alive()
 
 
-def test_a_call_runs_and_its_result_and_logs_are_reported(
-    stub: StubControlPlane, running: Running, tmp_path: Path
-) -> None:
-    a = assignment(stub, payloads.print_then_wait, str(tmp_path / "go"))
-    (tmp_path / "go").touch()
-    stub.push(PollResponse(assignments=[a]))
-
-    wait_until(lambda: a.attempt_id in stub.results(), timeout=20, what="the result")
-    result = stub.results()[a.attempt_id]
-    assert (result.status, result.fence) == ("succeeded", a.fence)
-    assert cloudpickle.loads(result.output) == "released"
-    assert ("stdout", "started") in stub.logs(a.attempt_id)
-    assert ("stderr", "to stderr") in stub.logs(a.attempt_id)
-    assert stub.registrations[0].bootstrap_token == BOOTSTRAP_TOKEN
-    assert stub.blob_auth == [f"Bearer {AGENT_TOKEN}"]
-    assert (tmp_path / "blobs" / a.blob_hash).read_bytes() == stub.blobs[a.blob_hash]
-    # Once reported, the attempt no longer appears as running in the heartbeat.
-    wait_until(
-        lambda: running.agent.unreported_attempts == [],
-        timeout=10,
-        what="the attempt to be forgotten",
-    )
-
-
-def test_many_calls_share_workers_and_the_cached_blob(
-    stub: StubControlPlane, running: Running
-) -> None:
-    batch = [assignment(stub, payloads.add, i, 1) for i in range(200)]
-    stub.push(PollResponse(assignments=batch))
-
-    wait_until(lambda: len(stub.results()) == 200, timeout=30, what="200 results")
-    assert {cloudpickle.loads(r.output) for r in stub.results().values()} == set(range(1, 201))
-    assert len(stub.blob_auth) == 1  # fetched once, then served from the cache
-    assert len(stub.reports) < 200  # results were batched
-
-
-def test_the_environment_lets_user_code_call_back_as_the_app(
-    stub: StubControlPlane, running: Running
-) -> None:
-    a = assignment(stub, payloads.env, "MN_URL", "MN_API_KEY", "MN_APP", "MN_VERSION", "MN_CALL_ID")
-    stub.push(PollResponse(assignments=[a]))
-
-    wait_until(lambda: a.attempt_id in stub.results(), timeout=20, what="the result")
-    assert cloudpickle.loads(stub.results()[a.attempt_id].output) == {
-        "MN_URL": stub.url,
-        "MN_API_KEY": AGENT_TOKEN,
-        "MN_APP": "demo",
-        "MN_VERSION": "1",
-        "MN_CALL_ID": a.call_id,
-    }
-
-
-def test_cancel_and_timeout_are_reported(stub: StubControlPlane, running: Running) -> None:
-    slow = assignment(stub, payloads.announce_then_sleep, 60)
-    limited = assignment(stub, payloads.announce_then_sleep, 60, timeout_s=0.3)
-    stub.push(PollResponse(assignments=[slow, limited]))
-    wait_until(
-        lambda: ("stdout", "sleeping") in stub.logs(slow.attempt_id),
-        timeout=20,
-        what="the call to start",
-    )
-
-    # The poll doubles as the heartbeat and names what runs here.
-    wait_until(
-        lambda: any(slow.attempt_id in p.running for p in stub.polls),
-        timeout=10,
-        what="a heartbeat",
-    )
-
-    stub.push(PollResponse(cancel=[slow.attempt_id]))
-
-    wait_until(
-        lambda: {slow.attempt_id, limited.attempt_id} <= set(stub.results()),
-        timeout=20,
-        what="both results",
-    )
-    assert stub.results()[slow.attempt_id].status == "cancelled"
-    timed_out = stub.results()[limited.attempt_id]
-    assert (timed_out.status, timed_out.reason) == ("timed_out", "exceeded timeout of 0.3s")
-
-
 def test_reports_are_retried_until_the_server_takes_them(
     stub: StubControlPlane, running: Running
 ) -> None:
@@ -219,12 +145,6 @@ def test_a_revoked_token_stops_the_agent(stub: StubControlPlane, tmp_path: Path)
     stub.revoked = True
 
     assert run.wait() is StopReason.unauthorized
-
-
-def test_a_refused_bootstrap_token_stops_the_agent(stub: StubControlPlane, tmp_path: Path) -> None:
-    run = Running(Agent(settings(stub.url, tmp_path, bootstrap_token="mnb_wrong")))
-
-    assert run.wait() is StopReason.refused
 
 
 def test_the_agent_process_shuts_down_when_the_control_plane_is_unreachable(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from multinode_agent.blobs import BlobCache, BlobError
 
 DATA = b"pickled function bytes"

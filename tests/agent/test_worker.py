@@ -10,8 +10,8 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
-from multinode_agent.worker import LogLine, Outcome, Worker, WorkerPool
 
+from multinode_agent.worker import LogLine, Outcome, Worker, WorkerPool
 from tests.agent import payloads
 from tests.agent.conftest import make_job
 from tests.support.procs import wait_until

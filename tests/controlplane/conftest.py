@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from multinode_controlplane.db import Database, normalize_url
+from sqlalchemy import text
+
+from multinode_controlplane.db import Database
 from multinode_controlplane.services.auth import DEFAULT_OWNER, Principal, ensure_api_key
 from multinode_controlplane.services.context import Context
 from multinode_controlplane.services.events import Notifier
 from multinode_controlplane.settings import ServerSettings
-from sqlalchemy import create_engine, text
-
 from tests.controlplane.helpers import ManualClock
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:

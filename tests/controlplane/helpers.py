@@ -6,6 +6,8 @@ import hashlib
 import threading
 from collections.abc import Sequence
 
+from sqlalchemy import select
+
 from multinode import wire
 from multinode_controlplane import models as m
 from multinode_controlplane.domain.tokens import hash_token, new_token
@@ -19,7 +21,6 @@ from multinode_provisioner.compute import (
     Compute,
     LaunchRequest,
 )
-from sqlalchemy import select
 
 T0 = 1_700_000_000.0
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
+
 from multinode import wire
 from multinode.errors import AuthError
 from multinode_controlplane.services import agents, calls, logs
 from multinode_controlplane.services.auth import Principal
 from multinode_controlplane.services.context import Context
-
 from tests.controlplane.helpers import add_instance, call_row, deploy, result, submit
 
 

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import uvicorn
+
 from multinode_controlplane.app import create_app
 from multinode_controlplane.services.auth import Principal
 from multinode_controlplane.settings import ServerSettings
 from multinode_provisioner.compute import Compute
-
 from tests.controlplane.helpers import new_agent
 from tests.support.procs import free_port, wait_until
 

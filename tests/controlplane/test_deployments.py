@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+
 from multinode import wire
 from multinode.errors import ForbiddenError, InvalidRequestError, NotFoundError
 from multinode_controlplane.services import calls, deployments
 from multinode_controlplane.services.auth import Principal
 from multinode_controlplane.services.context import Context
-
 from tests.controlplane.helpers import add_instance, call_row, deploy, submit
 
 

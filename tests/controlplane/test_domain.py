@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from multinode.errors import ConflictError
 from multinode_controlplane.domain import states
 from multinode_controlplane.domain.capacity import Resources, pack, slots, uncovered

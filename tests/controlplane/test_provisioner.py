@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
+
 from multinode import wire
 from multinode_controlplane import models as m
 from multinode_controlplane.loops.provisioner import Provisioner
@@ -17,8 +19,6 @@ from multinode_provisioner.compute import (
     CloudConfigError,
     LaunchRequest,
 )
-from sqlalchemy import select
-
 from tests.controlplane.helpers import FakeCompute, ManualClock, call_row, deploy, result, submit
 
 CATALOG = parse_catalog(

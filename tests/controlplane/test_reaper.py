@@ -7,7 +7,6 @@ from multinode_controlplane.loops.reaper import Reaper
 from multinode_controlplane.services import agents, calls
 from multinode_controlplane.services.auth import Principal
 from multinode_controlplane.services.context import Context
-
 from tests.controlplane.helpers import ManualClock, add_instance, call_row, deploy, result, submit
 
 

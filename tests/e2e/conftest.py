@@ -6,6 +6,7 @@ temporary MN_HOME; stopped at the end, leaving no process behind.
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 import uuid
@@ -34,9 +35,14 @@ def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         aws_port=free_port(),
         control_plane_port=free_port(),
         use_existing_aws=False,
-        server_env=E2E_SERVER_ENV,
+        # Agents cache blobs in this session's home, not in the developer's ~/.cache.
+        server_env={
+            **E2E_SERVER_ENV,
+            "MN_SERVER_AGENT_EXTRA_ENV": json.dumps({"MN_AGENT_CACHE_DIR": str(home / "blobs")}),
+        },
     )
     state = _localcloud.up(config, echo=lambda _m: None)
+    state["blob_cache"] = home / "blobs"
     saved = {k: os.environ.get(k) for k in ("MN_HOME", "MN_URL", "MN_API_KEY")}
     os.environ["MN_HOME"] = str(home)
     os.environ.pop("MN_URL", None)

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import pytest
+
 from multinode_provisioner.aws import make_ec2_client
 from multinode_provisioner.settings import LOCAL_AMI, AwsSettings
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
+
 from multinode_provisioner.aws import EC2Compute, classify_error, make_ec2_client
 from multinode_provisioner.compute import (
     TAG_APP,
@@ -20,7 +21,6 @@ from multinode_provisioner.compute import (
     TransientCloudError,
 )
 from multinode_provisioner.settings import LOCAL_AMI, AwsSettings
-
 from tests.support.procs import free_port
 
 

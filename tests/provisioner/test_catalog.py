@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from multinode_provisioner.aws import make_ec2_client
 from multinode_provisioner.catalog import Catalog, InstanceType, load_catalog, parse_catalog
-
 from tests.support.procs import free_port
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from multinode.errors import InvalidRequestError
 from multinode_provisioner.catalog import Catalog, InstanceType, load_catalog
 from multinode_provisioner.sizing import (

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from multinode.errors import InvalidRequestError
 from multinode_provisioner.userdata import FORMAT_LINE, render
 

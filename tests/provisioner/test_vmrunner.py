@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from multinode_provisioner.aws import EC2Compute
 from multinode_provisioner.compute import LaunchRequest
 from multinode_provisioner.settings import AwsSettings
 from multinode_provisioner.vmrunner import VMRunner
-
 from tests.support.procs import stop_process, wait_until
 
 

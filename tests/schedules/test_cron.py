@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from multinode.schedule_math import CronRule, fires_between, next_fire, next_fires
 
+from multinode.schedule_math import CronRule, fires_between, next_fire, next_fires
 from tests.schedules.support import utc
 
 NY = "America/New_York"

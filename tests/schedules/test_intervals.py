@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from multinode.errors import InvalidRequestError
 from multinode.schedule_math import (
     EPOCH,
@@ -17,7 +18,6 @@ from multinode.schedule_math import (
     rule_from_args,
     rule_from_json,
 )
-
 from tests.schedules.support import utc
 
 NY = ZoneInfo("America/New_York")

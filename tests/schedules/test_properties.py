@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
 from multinode import _cron
 from multinode.errors import InvalidRequestError
 from multinode.schedule_math import CronRule, IntervalRule, fires_between, next_fire, next_fires

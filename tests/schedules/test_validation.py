@@ -8,9 +8,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from multinode.errors import InvalidRequestError
 from multinode.schedule_math import CronRule, IntervalRule, next_fires, rule_from_args, validate
-
 from tests.schedules.support import utc
 
 MINUTE = timedelta(minutes=1)

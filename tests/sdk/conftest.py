@@ -1,16 +1,14 @@
-"""Fixtures of the SDK tests: an isolated environment and the in-memory control plane."""
+"""Fixtures of the SDK tests: an isolated environment with no control plane configured.
+
+Tests here need no server; everything that talks to a control plane runs in ``tests/e2e``
+against the real local cloud.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from multinode import _client
-from multinode._client import Client
-from multinode.config import Connection
-
-from tests.sdk.fake_plane import FakePlane
 
 _MN_ENV = ("MN_URL", "MN_API_KEY", "MN_APP", "MN_VERSION", "MN_CALL_ID", "MN_CONNECT_RETRY_S")
 
@@ -23,16 +21,3 @@ def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     home = tmp_path / "mn-home"
     monkeypatch.setenv("MN_HOME", str(home))
     return home
-
-
-@pytest.fixture
-def plane(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakePlane]:
-    """The SDK's client talks to a fresh FakePlane for the length of the test."""
-    fake = FakePlane()
-    client = Client(
-        Connection(url="http://fake.invalid", api_key="mnk_test", source="test"),
-        transport=fake.transport(),
-    )
-    monkeypatch.setattr(_client, "get_client", lambda: client)
-    yield fake
-    client.close()

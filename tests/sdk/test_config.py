@@ -6,11 +6,11 @@ import json
 import stat
 from pathlib import Path
 
-import multinode as mn
 import pytest
+
+import multinode as mn
 from multinode._client import Client, get_client
 from multinode.config import Connection, load_settings, resolve_connection, save_login
-
 from tests.support.procs import free_port
 
 

@@ -9,8 +9,9 @@ import textwrap
 from pathlib import Path
 
 import cloudpickle
-import multinode as mn
 import pytest
+
+import multinode as mn
 from multinode._serialization import pickle_function
 from multinode.functions import registered_functions
 

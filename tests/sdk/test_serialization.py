@@ -11,10 +11,10 @@ import threading
 from pathlib import Path
 
 import cloudpickle
-import multinode as mn
 import pytest
-from multinode._serialization import blob_hash, dumps, loads, pickle_function
 
+import multinode as mn
+from multinode._serialization import blob_hash, dumps, loads, pickle_function
 from tests.support.procs import free_port
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import multinode as mn
 import pytest
+
+import multinode as mn
 from multinode._spec import build_spec
 
 GOOD: list[tuple[dict[str, Any], dict[str, Any]]] = [

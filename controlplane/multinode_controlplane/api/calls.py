@@ -3,8 +3,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from multinode import wire
 
+from multinode import wire
 from multinode_controlplane.api.deps import CtxDep, PrincipalDep, json_list, json_response
 from multinode_controlplane.services import calls
 

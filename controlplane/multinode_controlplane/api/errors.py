@@ -7,8 +7,9 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from multinode.errors import MultinodeError
 from starlette.exceptions import HTTPException
+
+from multinode.errors import MultinodeError
 
 log = logging.getLogger(__name__)
 

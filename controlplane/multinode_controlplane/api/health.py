@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from multinode import wire
 
+from multinode import wire
 from multinode_controlplane import __version__
 from multinode_controlplane.api.deps import CtxDep, json_response
 

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from multinode import wire
 
+from multinode import wire
 from multinode_controlplane.api.deps import CtxDep, PrincipalDep, json_list
 from multinode_controlplane.services import instances
 from multinode_controlplane.services.auth import require_key

@@ -20,13 +20,23 @@ async def run_forever(
     notifier: Notifier,
     wake_on: list[str],
     interval: float,
+    min_gap: float = 0.0,
 ) -> None:
     """Run ``tick`` in a worker thread, then again after ``interval`` seconds or as soon
-    as one of ``wake_on`` is raised, until cancelled. A failing tick is logged, never fatal."""
+    as one of ``wake_on`` is raised, until cancelled. A failing tick is logged, never fatal.
+
+    ``min_gap`` spaces event-driven ticks: the first wake-up runs at once (a cold start
+    is not delayed), but a burst of wake-ups within ``min_gap`` of a tick folds into one
+    more tick, so a stream of calls does not run a full pass per call.
+    """
     with notifier.subscribe(wake_on) as sub:
         while True:
+            started = anyio.current_time()
             try:
                 await anyio.to_thread.run_sync(tick)
             except Exception:
                 log.exception("%s tick failed; retrying in %.1fs", name, interval)
             await sub.wait(interval)
+            rest = started + min_gap - anyio.current_time()
+            if rest > 0:
+                await anyio.sleep(rest)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from multinode_provisioner.compute import Compute
-
 from multinode_controlplane.services import instances
 from multinode_controlplane.services.context import Context
+from multinode_provisioner.compute import Compute
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import anyio
-from multinode import wire
-from multinode.errors import AuthError, ConflictError
 from sqlalchemy import bindparam, insert, select, update
 
+from multinode import wire
+from multinode.errors import AuthError, ConflictError
 from multinode_controlplane import models as m
 from multinode_controlplane.domain import states
 from multinode_controlplane.domain.tokens import hash_token, new_token

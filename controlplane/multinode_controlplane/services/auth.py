@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Literal
 
-from multinode.errors import AuthError, ForbiddenError, NotFoundError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from multinode.errors import AuthError, ForbiddenError, NotFoundError
 from multinode_controlplane import models as m
 from multinode_controlplane.domain.tokens import hash_token, new_token, token_kind
 from multinode_controlplane.services.context import Context
@@ -33,12 +34,33 @@ class Principal:
     instance_id: str | None = None
 
 
+# Resolved tokens, by hash, for a few seconds: every request authenticates, and the
+# lookup would otherwise be a query on each hot-path request. Only successes are cached,
+# so a revoked key stops working within _CACHE_TTL_S.
+_CACHE_TTL_S = 5.0
+
+
 def authenticate(ctx: Context, authorization: str | None) -> Principal:
     """Resolve an ``Authorization: Bearer <token>`` header.
 
     Raises:
         AuthError: no header, not a bearer token, or a token nobody issued.
     """
+    scheme, _, token = (authorization or "").partition(" ")
+    digest = hash_token(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+    cache = ctx.auth_cache
+    now = time.monotonic()
+    if digest is not None and (cached := cache.get(digest)) and cached[0] > now:
+        return cached[1]
+    principal = _authenticate(ctx, authorization)
+    if digest is not None:
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[digest] = (now + _CACHE_TTL_S, principal)
+    return principal
+
+
+def _authenticate(ctx: Context, authorization: str | None) -> Principal:
     if not authorization:
         raise AuthError(
             "missing credentials: send 'Authorization: Bearer <token>' (set MN_API_KEY)"

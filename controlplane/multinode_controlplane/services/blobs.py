@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import re
 
-from multinode.errors import InvalidRequestError, NotFoundError
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from multinode.errors import InvalidRequestError, NotFoundError
 from multinode_controlplane import models as m
 from multinode_controlplane.services.context import Context
 

@@ -6,10 +6,10 @@ import uuid
 from collections.abc import Sequence
 
 import anyio
-from multinode import wire
-from multinode.errors import InvalidRequestError, NotFoundError
 from sqlalchemy import insert, select, update
 
+from multinode import wire
+from multinode.errors import InvalidRequestError, NotFoundError
 from multinode_controlplane import models as m
 from multinode_controlplane.clock import to_datetime
 from multinode_controlplane.domain import states
@@ -136,18 +136,21 @@ def terminal_outputs(
         NotFoundError: with ``check_exist``, when some ids are unknown or not the caller's.
     """
     outputs: list[wire.CallOutput] = []
+    found = 0
     with ctx.db.read() as session:
         allowed = allowed_app_ids(session, principal)
-        if check_exist:
-            _check_exist(session, allowed, call_ids)
         c = m.calls.c
+        # With check_exist, one query per chunk answers both questions: every row says it
+        # exists, and only terminal rows carry an output.
+        status_filter = () if check_exist else (c.status.in_(_TERMINAL),)
         for start in range(0, len(call_ids), CHUNK):
             chunk = call_ids[start : start + CHUNK]
             rows = session.execute(
                 select(c.id, c.status, c.output, c.error, c.failure_reason).where(
-                    c.id.in_(chunk), c.status.in_(_TERMINAL), c.app_id.in_(allowed)
+                    c.id.in_(chunk), c.app_id.in_(allowed), *status_filter
                 )
-            )
+            ).all()
+            found += len(rows)
             outputs.extend(
                 wire.CallOutput.model_construct(
                     call_id=row.id,
@@ -159,7 +162,10 @@ def terminal_outputs(
                     reason=row.failure_reason,
                 )
                 for row in rows
+                if row.status in _TERMINAL
             )
+        if check_exist and found < len(call_ids):
+            _check_exist(session, allowed, call_ids)
     return outputs
 
 
@@ -169,8 +175,10 @@ async def wait_outputs(
     """Long-poll: the terminal outputs among ``req.call_ids`` as soon as there is at least
     one, or an empty list after ``req.timeout`` seconds.
 
-    Only the calls that a wake-up names are re-read, so a map waiting on thousands of ids
-    costs one indexed lookup per finished call, not a scan per wake-up.
+    Once some outputs are in but not all, the answer lingers a few milliseconds
+    (``outputs_linger_s``) to collect the calls finishing alongside them, so a map over
+    thousands of calls costs one request per batch rather than per call, while a single
+    call is answered the moment it finishes. Only the calls a wake-up names are re-read.
     """
     ids = list(dict.fromkeys(req.call_ids))
     deadline = anyio.current_time() + req.timeout
@@ -193,7 +201,21 @@ async def wait_outputs(
             outputs = await anyio.to_thread.run_sync(
                 lambda subset=subset: terminal_outputs(ctx, principal, subset)
             )
+        if outputs and len(outputs) < len(ids):
+            outputs += await _linger(ctx, principal, sub, {o.call_id for o in outputs})
     return wire.OutputsResponse.model_construct(outputs=outputs)
+
+
+async def _linger(ctx: Context, principal: Principal, sub, have: set[str]) -> list[wire.CallOutput]:  # type: ignore[no-untyped-def]
+    """Collect wake-ups for up to ``outputs_linger_s`` and read the calls they name."""
+    until = anyio.current_time() + ctx.settings.outputs_linger_s
+    fired: set[str] = set()
+    while (remaining := until - anyio.current_time()) > 0:
+        fired.update(key.partition(":")[2] for key in await sub.wait(remaining))
+    subset = [call_id for call_id in fired if call_id not in have]
+    if not subset:
+        return []
+    return await anyio.to_thread.run_sync(lambda: terminal_outputs(ctx, principal, subset))
 
 
 def _check_exist(session, allowed: list[int], call_ids: Sequence[str]) -> None:  # type: ignore[no-untyped-def]

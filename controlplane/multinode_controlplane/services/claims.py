@@ -13,15 +13,17 @@ serialises claims.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from multinode import wire
 from sqlalchemy import bindparam, func, insert, select, update
 
+from multinode import wire
 from multinode_controlplane import models as m
 from multinode_controlplane.domain import states
 from multinode_controlplane.domain.capacity import Resources, pack
 
 _CANDIDATES = 1000  # queued rows examined per claim: bounds the work of one poll
+_PAGE = 32  # rows read at a time; most polls need one page
 
 
 def free_capacity(session, instance_id: str, vcpus: float, memory_mib: int, gpus: int) -> Resources:  # type: ignore[no-untyped-def]
@@ -61,7 +63,9 @@ def claim(
     if free.cpu_m <= 0:
         return []
     c = m.calls.c
-    query = (
+    # Only calls that fit the free capacity on their own, read a page at a time: a poll
+    # with room for a few calls must not read a thousand-call backlog.
+    base = (
         select(
             c.id,
             c.cpu,
@@ -73,21 +77,31 @@ def claim(
             c.version,
             c.timeout_s,
         )
-        .where(c.app_id == instance.app_id, c.status == states.QUEUED)
+        .where(
+            c.app_id == instance.app_id,
+            c.status == states.QUEUED,
+            c.cpu * 1000 <= free.cpu_m + 0.5,  # millicores, rounded as pack() rounds
+            c.gpu_count <= free.gpus,
+        )
         .order_by(c.created_at, c.id)
-        .limit(_CANDIDATES)
     )
     if skip_locked:
-        query = query.with_for_update(skip_locked=True)
-    candidates = {row.id: row for row in session.execute(query)}
-    chosen = pack(
-        free,
-        [
-            (row.id, Resources.of(row.cpu, row.memory_mib, row.gpu_count))
-            for row in candidates.values()
-        ],
-        limit=limit,
-    )
+        base = base.with_for_update(skip_locked=True)
+    candidates: dict[str, Any] = {}
+    chosen: list[str] = []
+    for offset in range(0, _CANDIDATES, _PAGE):
+        page = session.execute(base.offset(offset).limit(_PAGE)).all()
+        candidates.update((row.id, row) for row in page)
+        chosen = pack(
+            free,
+            [
+                (row.id, Resources.of(row.cpu, row.memory_mib, row.gpu_count))
+                for row in candidates.values()
+            ],
+            limit=limit,
+        )
+        if len(page) < _PAGE or len(chosen) < len(candidates) or len(chosen) >= limit:
+            break  # the backlog is read, or the instance is full
     if not chosen:
         return []
     inputs = dict(session.execute(select(c.id, c.input).where(c.id.in_(chosen))).all())

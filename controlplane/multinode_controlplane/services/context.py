@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from multinode_controlplane.clock import Clock
 from multinode_controlplane.db import Database
@@ -16,6 +17,8 @@ class Context:
     notifier: Notifier
     settings: ServerSettings
     clock: Clock
+    # token hash -> (expiry, principal); see services.auth.authenticate
+    auth_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
 
     @property
     def recheck_s(self) -> float | None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from multinode import wire
-from multinode.errors import InvalidRequestError, NotFoundError
 from sqlalchemy import func, select, update
 
+from multinode import wire
+from multinode.errors import InvalidRequestError, NotFoundError
 from multinode_controlplane import models as m
 from multinode_controlplane.clock import to_datetime
 from multinode_controlplane.domain import states
+from multinode_controlplane.services import schedules
 from multinode_controlplane.services.auth import Principal, ensure_owner, resolve_app
 from multinode_controlplane.services.context import Context
 from multinode_controlplane.services.events import instance_key
@@ -40,6 +41,7 @@ def deploy(
             f"function names must be unique: {', '.join(duplicates)}",
             details={"duplicates": duplicates},
         )
+    rules = schedules.validate_uploads(req, ctx.settings, function_names=set(names))
     hashes = sorted({f.blob_hash for f in req.functions})
     now = ctx.clock()
     with ctx.db.write() as session:
@@ -84,6 +86,7 @@ def deploy(
             for f in req.functions
         ]
         session.add_all(rows)
+        schedules.sync(session, ctx, app_id=app.id, uploads=req.schedules, rules=rules, now=now)
         app.current_version = deployment.version
         app.status = "deployed"
         app.ephemeral = req.ephemeral

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from multinode import wire
 from sqlalchemy import bindparam, func, select, update
 
+from multinode import wire
 from multinode_controlplane import models as m
 from multinode_controlplane.clock import to_datetime
 from multinode_controlplane.domain import states

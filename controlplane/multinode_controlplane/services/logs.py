@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from multinode import wire
-from multinode.errors import InvalidRequestError
 from sqlalchemy import select
 
+from multinode import wire
+from multinode.errors import InvalidRequestError
 from multinode_controlplane import models as m
 from multinode_controlplane.clock import to_datetime
 from multinode_controlplane.services.auth import Principal, allowed_app_ids, resolve_app

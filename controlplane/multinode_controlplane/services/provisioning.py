@@ -17,7 +17,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import bindparam, case, func, select, update
+
 from multinode import wire
+from multinode_controlplane import models as m
+from multinode_controlplane.domain import capacity, states
+from multinode_controlplane.domain.tokens import hash_token, new_token
+from multinode_controlplane.services.context import Context
+from multinode_controlplane.services.instances import ACTIVE, GONE, end_instances
+from multinode_controlplane.settings import ServerSettings
 from multinode_provisioner import userdata
 from multinode_provisioner.catalog import Catalog, load_catalog
 from multinode_provisioner.compute import (
@@ -32,14 +40,6 @@ from multinode_provisioner.compute import (
     LaunchRequest,
 )
 from multinode_provisioner.sizing import NoOfferError, Offer, Requirements, rank_offers
-from sqlalchemy import bindparam, case, func, select, update
-
-from multinode_controlplane import models as m
-from multinode_controlplane.domain import capacity, states
-from multinode_controlplane.domain.tokens import hash_token, new_token
-from multinode_controlplane.services.context import Context
-from multinode_controlplane.services.instances import ACTIVE, GONE, end_instances
-from multinode_controlplane.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,10 @@ def build_compute(settings: ServerSettings) -> Compute | None:
     """
     if settings.compute == "none":
         return None
+    from pydantic import ValidationError
+
     from multinode_provisioner.aws import EC2Compute
     from multinode_provisioner.settings import AwsSettings
-    from pydantic import ValidationError
 
     try:
         # Our cluster wins over MN_AWS_CLUSTER so that tags and listings always agree.

@@ -1,0 +1,72 @@
+"""The seed flow of mn.get_dict on the whole local cloud: a function running on a VM
+writes summaries, another process (this test, a user's script) reads them.
+
+A remotely called function stands in for the scheduled task (the same agent, worker and
+environment run both); the CLI reads the same dict through `mn dict`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import multinode as mn
+
+pytestmark = pytest.mark.e2e
+
+APP_SOURCE = """
+import multinode as mn
+
+summaries = mn.get_dict(name="tweet_summaries")  # at import: no network call
+
+
+@mn.function(cpu=0.25, cooldown=60)
+def summarize(batch):
+    for tweet_id, text in batch:
+        summaries[tweet_id] = {"summary": text.upper(), "length": len(text)}
+    summaries["runs"] = summaries.get("runs", 0)
+    summaries["runs"] += 1
+    return len(summaries)
+"""
+
+
+def test_a_function_on_a_vm_writes_and_another_process_reads(
+    local_cloud: dict, write_app, app_name: str
+) -> None:
+    path = write_app(APP_SOURCE)
+    mn.deploy(path, name=app_name)
+    summarize = mn.get_function(app_name, "summarize")
+
+    assert summarize.call([(1, "hello"), (2, "world")]) == 3
+    assert summarize.call([(3, "again")]) == 4
+
+    reader = mn.get_dict("tweet_summaries", app=app_name)
+    assert reader[1] == {"summary": "HELLO", "length": 5}
+    assert reader.get_many([1, 2, 3, 4]) == {
+        1: {"summary": "HELLO", "length": 5},
+        2: {"summary": "WORLD", "length": 5},
+        3: {"summary": "AGAIN", "length": 5},
+    }
+    assert reader["runs"] == 2
+
+    mn_cli = [sys.executable, "-m", "multinode.cli"]
+    shown = subprocess.run(
+        [*mn_cli, "dict", "get", app_name, "tweet_summaries", "runs"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.strip() == "2"
+    listing = subprocess.run(
+        [*mn_cli, "dict", "ls", app_name, "--json"], capture_output=True, text=True, check=True
+    )
+    assert '"tweet_summaries"' in listing.stdout and '"keys": 4' in listing.stdout
+
+    gone = subprocess.run(
+        [*mn_cli, "undeploy", app_name, "--delete-data"], capture_output=True, text=True
+    )
+    assert gone.returncode == 0, gone.stderr
+    assert "deleted 1 dicts (4 keys" in gone.stdout
+    assert len(reader) == 0
