@@ -201,6 +201,7 @@ class Agent:
                 busy=lambda: bool(self.running_attempts),
                 on_sent=self._forget,
                 on_unauthorized=lambda: self.stop(StopReason.unauthorized),
+                on_assignments=self._handle_refill,
             )
             self._reporter.start()
             self.registered.set()
@@ -245,6 +246,11 @@ class Agent:
         if answer.shutdown:
             log.info("the control plane asked this agent to shut down")
             self.stop(StopReason.shutdown)
+
+    def _handle_refill(self, work: list[Assignment]) -> None:
+        """Run work a report's answer carried (the server refilled freed capacity)."""
+        if not self._stop.is_set():  # stopping: the server re-dispatches it
+            self._handle(PollResponse.model_construct(assignments=work, cancel=[], shutdown=False))
 
     def _cancel(self, attempt_id: str) -> None:
         with self._attempts_lock:

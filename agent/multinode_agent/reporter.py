@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from multinode.wire import AgentLog, AttemptResult, ReportRequest, ReportResponse
+from multinode.wire import AgentLog, Assignment, AttemptResult, ReportRequest, ReportResponse
 from multinode_agent.client import ControlPlaneClient, Refused, Unauthorized, Unreachable, backoff
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ class Reporter:
         on_sent: called with the attempt ids whose results the server has taken or
             rejected (either way they are no longer this agent's concern).
         on_unauthorized: called once if the server answers 401; the thread then stops.
+        on_assignments: called with work the server claimed for the capacity a report
+            freed, to be run as if a poll had returned it.
     """
 
     def __init__(
@@ -44,12 +46,14 @@ class Reporter:
         busy: Callable[[], bool] = lambda: False,
         on_sent: Callable[[list[str]], None],
         on_unauthorized: Callable[[], None],
+        on_assignments: Callable[[list[Assignment]], None] = lambda _work: None,
     ) -> None:
         self._client = client
         self._interval_s = interval_s
         self._busy = busy
         self._on_sent = on_sent
         self._on_unauthorized = on_unauthorized
+        self._on_assignments = on_assignments
         self._cond = threading.Condition()
         self._results: deque[AttemptResult] = deque()
         self._logs: deque[AgentLog] = deque()
@@ -119,6 +123,8 @@ class Reporter:
                 )
             if batch.results:
                 self._on_sent([r.attempt_id for r in batch.results])
+            if answer.assignments:
+                self._on_assignments(answer.assignments)
 
     def _next_batch(self) -> ReportRequest | None:
         with self._cond:

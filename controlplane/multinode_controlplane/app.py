@@ -76,15 +76,17 @@ def create_app(
             ]
             tasks.append(asyncio.create_task(Scheduler(ctx).run_forever()))
             if cloud is not None:
+                provisioner = Provisioner(ctx, cloud)
                 tasks.append(
                     asyncio.create_task(
                         run_forever(
                             "provisioner",
-                            Provisioner(ctx, cloud).run_once,
+                            provisioner.run_once,
                             notifier=ctx.notifier,
                             wake_on=[PROVISIONER],
                             interval=settings.provisioner_interval_s,
                             min_gap=settings.provisioner_min_gap_s,
+                            on_event=provisioner.launch_for_demand,
                         )
                     )
                 )

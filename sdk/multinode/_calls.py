@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from multinode._client import Client
 
 SUBMIT_CHUNK = 1_000  # inputs per POST /v1/calls
-OUTPUTS_WINDOW = 1_000  # pending ids per POST /v1/calls/outputs: the oldest, which finish first
+OUTPUTS_WINDOW = 256  # pending ids per POST /v1/calls/outputs: the oldest, which finish first
 POLL_S = 25.0  # long-poll length; well under the API's 60 s cap
 
 

@@ -75,8 +75,21 @@ class Connection:
 
 
 def load_settings() -> Settings:
-    """Read the settings from the environment now (cheap; call it where they are needed)."""
-    return Settings()
+    """The settings as the environment gives them now (call it where they are needed).
+
+    Built once per distinct set of ``MN_*`` variables: every remote call reads them, and
+    building a settings object costs more than the rest of a call's client-side work.
+    """
+    key = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("MN_") or k == "HOME"))
+    settings = _settings_cache.get(key)
+    if settings is None:
+        if len(_settings_cache) > 64:
+            _settings_cache.clear()
+        settings = _settings_cache[key] = Settings()
+    return settings
+
+
+_settings_cache: dict[tuple[tuple[str, str], ...], Settings] = {}
 
 
 def resolve_connection(settings: Settings | None = None) -> Connection:
@@ -139,11 +152,26 @@ def _normalize(url: str) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """The file's JSON object ({} when absent or not an object), re-read only when the
+    file changes (`mn login` and `mn up` rewrite these files while programs run)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return {}
+    key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    cached = _json_cache.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    data = data if isinstance(data, dict) else {}
+    _json_cache[path] = (key, data)
+    return data
+
+
+_json_cache: dict[Path, tuple[tuple[int, int, int], dict[str, Any]]] = {}
 
 
 def _display(path: Path) -> str:

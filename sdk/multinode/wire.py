@@ -288,6 +288,11 @@ class ReportResponse(BaseModel):
         default_factory=list,
         description="attempt ids whose result was refused (stale fence, unknown attempt)",
     )
+    assignments: list[Assignment] = Field(
+        default_factory=list,
+        description="new work claimed for the capacity these results freed (run them as if"
+        " a poll had returned them)",
+    )
 
 
 class Health(BaseModel):

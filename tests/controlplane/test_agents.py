@@ -65,8 +65,10 @@ def test_success_is_stored_and_frees_capacity(ctx: Context, user: Principal) -> 
         wire.CallStatus.succeeded,
         b"\x80\x05out",
     )
-    [a3] = claim(ctx, agent, running=[a2.attempt_id]).assignments
+    # The freed capacity is refilled in the report's own answer, with no extra poll.
+    [a3] = reply.assignments
     assert a3.call_id == ids[2]
+    assert claim(ctx, agent, running=[a2.attempt_id, a3.attempt_id]).assignments == []
 
 
 def test_a_stale_fence_is_rejected(ctx: Context, user: Principal) -> None:
@@ -97,10 +99,15 @@ def test_user_failures_spend_retries_then_fail(ctx: Context, user: Principal) ->
     [call_id] = submit(ctx, user, 1)
     agent = add_instance(ctx, user)
     fences = []
-    for _ in range(3):
-        [a] = claim(ctx, agent).assignments
+    [a] = claim(ctx, agent).assignments
+    for attempt in range(3):
         fences.append(a.fence)
-        agents.report(ctx, agent, wire.ReportRequest(results=[result(a, "failed", error=_error())]))
+        reply = agents.report(
+            ctx, agent, wire.ReportRequest(results=[result(a, "failed", error=_error())])
+        )
+        if attempt < 2:  # requeued while retries last, and handed straight back
+            [a] = reply.assignments
+    assert reply.assignments == []
     row = call_row(ctx, call_id)
     assert fences == [1, 2, 3]
     assert (row.status, row.user_failures, row.attempts) == ("failed", 3, 3)
@@ -158,14 +165,16 @@ def test_concurrent_claimers_never_share_a_call(ctx: Context, user: Principal) -
     def work(i: int) -> None:
         try:
             start.wait()
+            refill: list[wire.Assignment] = []
             while True:
-                assignments = claim(ctx, agents_[i]).assignments
+                # Work comes from a poll, or from the answer to the previous report.
+                assignments = refill or claim(ctx, agents_[i]).assignments
                 if not assignments:
                     return
                 claimed[i] += [a.call_id for a in assignments]
-                agents.report(
+                refill = agents.report(
                     ctx, agents_[i], wire.ReportRequest(results=[result(a) for a in assignments])
-                )
+                ).assignments
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 

@@ -51,14 +51,23 @@ class Provisioner:
         instance is logged and does not stop the others."""
         now = self.ctx.clock() if now is None else now
         report = TickReport()
-        self._step(
-            "boot timeouts", lambda: self._terminate(provisioning.fail_unbooted(self.ctx, now))
+        self._housekeeping(now, report)
+        self.launch_for_demand(now, report)
+        due = (
+            self._last_reconcile is None
+            or now - self._last_reconcile >= self.ctx.settings.reconcile_interval_s
         )
-        self._step("idle instances", lambda: provisioning.mark_for_termination(self.ctx, now))
-        self._step(
-            "termination",
-            lambda: report.terminated.extend(provisioning.terminate_marked(self.ctx, self.compute)),
-        )
+        if reconcile or (reconcile is None and due):
+            self._last_reconcile = now
+            report.reconciled = True
+            self._step("reconcile", lambda: self._reconcile(now, report))
+        return report
+
+    def launch_for_demand(self, now: float | None = None, report: TickReport | None = None) -> TickReport:
+        """Only the launch step: what new calls need. Read-only unless it launches, so
+        running it on every burst of new calls does not contend with the hot path."""
+        now = self.ctx.clock() if now is None else now
+        report = report or TickReport()
         plans = self._step(
             "planning",
             lambda: provisioning.plan(
@@ -70,15 +79,18 @@ class Provisioner:
                 f"launch for {launch_plan.app}.{launch_plan.function}",
                 lambda p=launch_plan: self._launch(p, now, report),
             )
-        due = (
-            self._last_reconcile is None
-            or now - self._last_reconcile >= self.ctx.settings.reconcile_interval_s
-        )
-        if reconcile or (reconcile is None and due):
-            self._last_reconcile = now
-            report.reconciled = True
-            self._step("reconcile", lambda: self._reconcile(now, report))
         return report
+
+    def _housekeeping(self, now: float, report: TickReport) -> None:
+        """Boot timeouts, idle instances and pending terminations (timer-driven)."""
+        self._step(
+            "boot timeouts", lambda: self._terminate(provisioning.fail_unbooted(self.ctx, now))
+        )
+        self._step("idle instances", lambda: provisioning.mark_for_termination(self.ctx, now))
+        self._step(
+            "termination",
+            lambda: report.terminated.extend(provisioning.terminate_marked(self.ctx, self.compute)),
+        )
 
     def _launch(self, launch_plan: provisioning.LaunchPlan, now: float, report: TickReport) -> None:
         key = (launch_plan.app_id, launch_plan.function)

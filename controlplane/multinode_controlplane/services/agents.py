@@ -93,14 +93,11 @@ def poll_once(ctx: Context, instance_id: str, running: Sequence[str]) -> wire.Po
         )
         cancel = [att for att, requested in running_here.items() if requested]
         cancel += [att for att in running if att not in running_here]
-        app_name = session.execute(
-            select(m.apps.c.name).where(m.apps.c.id == instance.app_id)
-        ).scalar_one()
         assignments = claim(
             session,
             skip_locked=not ctx.db.is_sqlite,
             instance=instance,
-            app_name=app_name,
+            app_name=_app_name(session, instance.app_id),
             now=now,
             limit=ctx.settings.max_assignments_per_poll,
         )
@@ -143,10 +140,14 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
     rejected: list[str] = []
     finished: list[str] = []
     requeued_apps: set[int] = set()
+    assignments: list[wire.Assignment] = []
     with ctx.db.write() as session:
-        session.execute(
-            update(m.instances).where(m.instances.c.id == instance_id).values(last_heartbeat=now)
-        )
+        instance = session.execute(
+            update(m.instances)
+            .where(m.instances.c.id == instance_id)
+            .values(last_heartbeat=now)
+            .returning(*m.instances.c)
+        ).first()
         rows = {}
         for start in range(0, len(ids), _CHUNK):
             for row in session.execute(
@@ -228,13 +229,29 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
         ]
         if log_rows:
             session.execute(insert(m.logs), log_rows)
+        if call_updates and instance is not None and instance.state not in _SHUTDOWN_STATES:
+            # The results freed capacity: refill it in this same transaction and answer
+            # with the new work, which saves a map one poll round trip per batch.
+            assignments = claim(
+                session,
+                skip_locked=not ctx.db.is_sqlite,
+                instance=instance,
+                app_name=_app_name(session, instance.app_id),
+                now=now,
+                limit=ctx.settings.max_assignments_per_poll,
+            )
     ctx.notifier.calls_finished(finished)
     for app_id in requeued_apps:
         ctx.notifier.calls_created(app_id)
-    if call_updates:
-        # Capacity was freed: the agent's own waiting poll can claim more now.
+    if call_updates and not assignments:
+        # Capacity was freed and nothing was waiting for it: the agent's own waiting
+        # poll may claim whatever arrives next.
         ctx.notifier.instance_changed([instance_id])
-    return wire.ReportResponse(rejected=rejected)
+    return wire.ReportResponse.model_construct(rejected=rejected, assignments=assignments)
+
+
+def _app_name(session, app_id: int) -> str:  # type: ignore[no-untyped-def]
+    return session.execute(select(m.apps.c.name).where(m.apps.c.id == app_id)).scalar_one()
 
 
 def _apply_result(result: wire.AttemptResult, row, now: float, max_infra: int) -> dict:  # type: ignore[no-untyped-def]
