@@ -27,7 +27,7 @@ from pathlib import Path
 APP_SOURCE = """
 import multinode as mn
 
-@mn.function(cpu=0.25, cooldown=600)
+@mn.function(cpu={cpu}, max_workers={max_workers}, cooldown=600)
 def noop(x):
     return x
 """
@@ -56,6 +56,8 @@ def main() -> int:
     parser.add_argument("--map", type=int, default=10_000, help="inputs in the map run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--database-url", help="control-plane database (default SQLite)")
+    parser.add_argument("--cpu", type=float, default=0.25, help="cpu= of the no-op function")
+    parser.add_argument("--max-workers", type=int, default=10, help="max_workers= of it")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="mn-bench-"))
@@ -79,10 +81,13 @@ def main() -> int:
     figures: dict = {
         "machine": f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}",
         "database": (args.database_url or "sqlite").split(":", 1)[0],
+        "function": f"cpu={args.cpu}, max_workers={args.max_workers}",
     }
     try:
         app_file = home / "bench_app.py"
-        app_file.write_text(textwrap.dedent(APP_SOURCE))
+        app_file.write_text(
+            textwrap.dedent(APP_SOURCE.format(cpu=args.cpu, max_workers=args.max_workers))
+        )
         deploy(app_file, name="bench")
         noop = mn.get_function("bench", "noop")
 
@@ -117,6 +122,7 @@ def main() -> int:
             "inputs_per_s": round(args.map / elapsed),
         }
         figures["controlplane_cpu_ms_per_call"] = round(cpu_used * 1000 / args.map, 3)
+        figures["instances"] = len(mn.list_instances(app="bench"))
     finally:
         _localcloud.down(config, echo=lambda _m: None)
 

@@ -196,6 +196,10 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
             "MN_SERVER_COMPUTE": "aws",
             # Any id does for the emulator; the VM runner boots from user-data, not an image.
             "MN_AWS_AMI_ID": LOCAL_AMI,
+            # The local VMs keep their function cache with the rest of the local cloud.
+            "MN_SERVER_AGENT_EXTRA_ENV": json.dumps(
+                {"MN_AGENT_CACHE_DIR": str(config.dir / "agent-cache")}
+            ),
             # mn.get_dict: create the table, bucket and role now; processes reach the emulator.
             "MN_SERVER_DICT_PREPARE_AT_STARTUP": "true",
             "MN_SERVER_DICT_ENDPOINT_URL": aws_url,

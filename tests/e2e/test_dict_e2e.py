@@ -1,9 +1,6 @@
-"""The seed flow of mn.get_dict on the whole local cloud: a function running on a VM
-writes summaries, another process (this test, a user's script) reads them.
-
-A remotely called function stands in for the scheduled task (the same agent, worker and
-environment run both); the CLI reads the same dict through `mn dict`.
-"""
+"""The seed flow of mn.get_dict on the whole local cloud: code running on a VM (a
+function, and a scheduled task) writes summaries, another process (this test, a user's
+script, `mn dict`) reads them."""
 
 from __future__ import annotations
 
@@ -70,3 +67,38 @@ def test_a_function_on_a_vm_writes_and_another_process_reads(
     assert gone.returncode == 0, gone.stderr
     assert "deleted 1 dicts (4 keys" in gone.stdout
     assert len(reader) == 0
+
+
+SCHEDULED_SOURCE = """
+from datetime import datetime, timedelta, timezone
+
+import multinode as mn
+
+summaries = mn.get_dict(name="tweet_summaries")
+# Daily, next due 12 hours after deploy: it cannot fire by itself during the test.
+NOON_FROM_NOW = datetime.now(timezone.utc) + timedelta(hours=12)
+
+
+@mn.scheduled_task(reference_time=NOON_FROM_NOW, interval=timedelta(days=1), cpu=0.25, cooldown=60)
+def extract_summaries():
+    tweets = {"uk": "rain again", "fr": "greve demain"}
+    for subject, text in tweets.items():
+        summaries[subject] = text.title()
+    summaries["runs"] = summaries.get("runs", 0)
+    summaries["runs"] += 1
+"""
+
+
+def test_a_scheduled_task_writes_the_dict_and_a_script_reads_it(
+    local_cloud: dict, write_app, app_name: str
+) -> None:
+    from multinode.schedules import trigger
+
+    mn.deploy(write_app(SCHEDULED_SOURCE), name=app_name)
+    reader = mn.get_dict("tweet_summaries", app=app_name)
+    assert "uk" not in reader
+
+    trigger(app_name, "extract_summaries").result(timeout=60)
+    assert (reader["uk"], reader["fr"], reader["runs"]) == ("Rain Again", "Greve Demain", 1)
+    trigger(app_name, "extract_summaries").result(timeout=60)
+    assert reader["runs"] == 2
