@@ -19,7 +19,7 @@ demo: install
 	$(VENV)/bin/mn up
 	$(VENV)/bin/mn run examples/fanout.py; status=$$?; $(VENV)/bin/mn down; exit $$status
 
-test: install
+test: install lint
 	$(PY) -m pytest -q
 
 test-fast: install

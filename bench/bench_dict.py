@@ -23,7 +23,6 @@ import json
 import os
 import pickle
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from _common import free_port
+
 APP_SOURCE = """
 import multinode as mn
 
@@ -41,12 +42,6 @@ def noop(x):
     return x
 """
 THREADS = (1, 4, 8, 16, 32)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,27 +30,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
+from _common import cpu_seconds, free_port, percentile
 from sqlalchemy import create_engine, text
 
 KEY = "mnk_bench-schedules"
 PER_APP = 500  # schedules per deploy request
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def interval_rule(seconds: float, reference: datetime) -> dict:

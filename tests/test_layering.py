@@ -12,16 +12,28 @@ import pytest
 RULES = {
     "multinode": (
         ["multinode", "multinode.cli", "multinode.wire", "multinode.errors"],
-        ["fastapi", "sqlmodel", "sqlalchemy", "uvicorn", "multinode_controlplane",
-         "multinode_provisioner", "multinode_agent", "moto"],
+        [
+            "fastapi",
+            "sqlmodel",
+            "sqlalchemy",
+            "uvicorn",
+            "multinode_controlplane",
+            "multinode_provisioner",
+            "multinode_agent",
+            "moto",
+        ],
     ),
     "multinode_controlplane": (
         ["multinode_controlplane.app"],
         ["cloudpickle", "multinode_agent"],
     ),
     "multinode_provisioner": (
-        ["multinode_provisioner.sizing", "multinode_provisioner.catalog",
-         "multinode_provisioner.aws", "multinode_provisioner.vmrunner"],
+        [
+            "multinode_provisioner.sizing",
+            "multinode_provisioner.catalog",
+            "multinode_provisioner.aws",
+            "multinode_provisioner.vmrunner",
+        ],
         ["multinode_controlplane", "multinode_agent", "fastapi", "cloudpickle"],
     ),
     "multinode_agent": (
@@ -68,9 +80,13 @@ def test_control_plane_source_never_unpickles() -> None:
 
     root = Path(__file__).resolve().parents[1] / "controlplane"
     offenders = [
-        str(p) for p in root.rglob("*.py")
-        if any(line.strip().startswith(("import pickle", "from pickle", "import cloudpickle",
-                                        "from cloudpickle"))
-               for line in p.read_text().splitlines())
+        str(p)
+        for p in root.rglob("*.py")
+        if any(
+            line.strip().startswith(
+                ("import pickle", "from pickle", "import cloudpickle", "from cloudpickle")
+            )
+            for line in p.read_text().splitlines()
+        )
     ]
     assert offenders == []

@@ -40,13 +40,13 @@ def create_app(
     Args:
         settings: default: read from ``MN_SERVER_*``.
         compute: the cloud; default: built from ``settings.compute`` (none for "none").
+        database: an opened database (its SQLite lock taken); default: opened at startup
+            from ``settings.database_url`` and closed at shutdown.
+        clock: where "now" comes from.
 
     Raises:
         provisioning.ComputeConfigError: ``settings.compute`` is "aws" and the EC2
             settings are missing.
-        database: an opened database (its SQLite lock taken); default: opened at startup
-            from ``settings.database_url`` and closed at shutdown.
-        clock: where "now" comes from.
     """
     settings = settings or ServerSettings()
     cloud = compute if compute is not None else provisioning.build_compute(settings)
@@ -102,7 +102,6 @@ def create_app(
 
     app = FastAPI(title="Multinode control plane", version=__version__, lifespan=lifespan)
     errors.install(app)
-    for module in (health, blobs, apps, calls, logs, instances, agent, schedules_api):
+    for module in (health, blobs, apps, calls, logs, instances, agent, schedules_api, dicts_api):
         app.include_router(module.router, prefix="/v1")
-    app.include_router(dicts_api.router, prefix="/v1")
     return app

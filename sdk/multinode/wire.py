@@ -143,7 +143,9 @@ class CallError(BaseModel):
     type: str = Field(description="qualified name, e.g. builtins.ValueError")
     message: str
     traceback: str
-    pickled: Base64Bytes | None = Field(None, description="the cloudpickled exception, if it pickled")
+    pickled: Base64Bytes | None = Field(
+        None, description="the cloudpickled exception, if it pickled"
+    )
 
 
 class CallOutput(BaseModel):

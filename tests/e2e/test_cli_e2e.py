@@ -39,7 +39,10 @@ def main(word="hello"):
 
 def mn(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [*MN, *args], capture_output=True, text=True, timeout=120,
+        [*MN, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
     if check:
@@ -129,15 +132,23 @@ def test_up_twice_is_harmless_and_down_leaves_nothing_running(tmp_path: Path) ->
     try:
         again = mn("up", env=env)
         assert "already up" in again.stdout + again.stderr
-        assert json.loads((tmp_path / "local" / "state.json").read_text())["processes"] == state["processes"]
+        assert (
+            json.loads((tmp_path / "local" / "state.json").read_text())["processes"]
+            == state["processes"]
+        )
         status = json.loads(mn("status", "--json", env=env).stdout)
         assert {s["name"] for s in status if s["running"]} == {"aws", "controlplane", "vmrunner"}
     finally:
         mn("down", env=env)
     for pid in pids:
-        wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists() or
-                   Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
-                   timeout=15, what=f"process {pid} to end")
+        wait_until(
+            lambda pid=pid: (
+                not Path(f"/proc/{pid}").exists()
+                or Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+            ),
+            timeout=15,
+            what=f"process {pid} to end",
+        )
     assert not (tmp_path / "local" / "state.json").exists()
     after = mn("down", env=env)
     assert "not running" in after.stdout + after.stderr

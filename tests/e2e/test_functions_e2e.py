@@ -301,8 +301,11 @@ def test_a_lost_instance_is_replaced_without_spending_user_retries(
     )
     mn.deploy(path, name=app_name)
     handle = mn.get_function(app_name, "once").start()
-    wait_until(lambda: first.exists() and first.read_text().count(" ") == 2, timeout=30,
-               what="the first attempt to start")
+    wait_until(
+        lambda: first.exists() and first.read_text().count(" ") == 2,
+        timeout=30,
+        what="the first attempt to start",
+    )
     agent_pid, worker_pid, lost_instance = first.read_text().split()
     frozen = [int(agent_pid), int(worker_pid)]
     for pid in frozen:

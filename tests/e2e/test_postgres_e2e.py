@@ -21,8 +21,11 @@ def pg_cloud(tmp_path_factory):
     with fresh_postgres_database() as url:
         home = tmp_path_factory.mktemp("mn-home-pg")
         config = _localcloud.LocalCloudConfig(
-            home=home, aws_port=free_port(), control_plane_port=free_port(),
-            use_existing_aws=False, database_url=url,
+            home=home,
+            aws_port=free_port(),
+            control_plane_port=free_port(),
+            use_existing_aws=False,
+            database_url=url,
         )
         state = _localcloud.up(config, echo=lambda _m: None)
         saved = {k: os.environ.get(k) for k in ("MN_URL", "MN_API_KEY")}

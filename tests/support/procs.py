@@ -21,7 +21,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.02) -> None:
+def wait_until(
+    predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.02
+) -> None:
     """Poll ``predicate`` until true; raise with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -54,7 +56,12 @@ def stop_process(proc: subprocess.Popen, *, grace: float = 5.0) -> None:
 
 @contextlib.contextmanager
 def running(
-    args: list[str], *, ready_url: str, log: Path, env: dict[str, str] | None = None, timeout: float = 30.0
+    args: list[str],
+    *,
+    ready_url: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
 ) -> Iterator[subprocess.Popen]:
     """Run ``args`` in its own process group until the block ends; ready when ``ready_url`` answers."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +73,9 @@ def running(
         deadline = time.monotonic() + timeout
         while not http_ok(ready_url):
             if proc.poll() is not None:
-                raise RuntimeError(f"{args[0]} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"{args[0]} exited with {proc.returncode}: {log.read_text()[-2000:]}"
+                )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{ready_url} never answered: {log.read_text()[-2000:]}")
             time.sleep(0.05)

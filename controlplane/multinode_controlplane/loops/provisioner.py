@@ -63,7 +63,9 @@ class Provisioner:
             self._step("reconcile", lambda: self._reconcile(now, report))
         return report
 
-    def launch_for_demand(self, now: float | None = None, report: TickReport | None = None) -> TickReport:
+    def launch_for_demand(
+        self, now: float | None = None, report: TickReport | None = None
+    ) -> TickReport:
         """Only the launch step: what new calls need. Read-only unless it launches, so
         running it on every burst of new calls does not contend with the hot path."""
         now = self.ctx.clock() if now is None else now

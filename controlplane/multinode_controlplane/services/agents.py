@@ -93,14 +93,7 @@ def poll_once(ctx: Context, instance_id: str, running: Sequence[str]) -> wire.Po
         )
         cancel = [att for att, requested in running_here.items() if requested]
         cancel += [att for att in running if att not in running_here]
-        assignments = claim(
-            session,
-            skip_locked=not ctx.db.is_sqlite,
-            instance=instance,
-            app_name=_app_name(session, instance.app_id),
-            now=now,
-            limit=ctx.settings.max_assignments_per_poll,
-        )
+        assignments = _claim_for(ctx, session, instance, now)
     return wire.PollResponse.model_construct(assignments=assignments, cancel=cancel, shutdown=False)
 
 
@@ -232,14 +225,7 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
         if call_updates and instance is not None and instance.state not in _SHUTDOWN_STATES:
             # The results freed capacity: refill it in this same transaction and answer
             # with the new work, which saves a map one poll round trip per batch.
-            assignments = claim(
-                session,
-                skip_locked=not ctx.db.is_sqlite,
-                instance=instance,
-                app_name=_app_name(session, instance.app_id),
-                now=now,
-                limit=ctx.settings.max_assignments_per_poll,
-            )
+            assignments = _claim_for(ctx, session, instance, now)
     ctx.notifier.calls_finished(finished)
     for app_id in requeued_apps:
         ctx.notifier.calls_created(app_id)
@@ -250,8 +236,19 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
     return wire.ReportResponse.model_construct(rejected=rejected, assignments=assignments)
 
 
-def _app_name(session, app_id: int) -> str:  # type: ignore[no-untyped-def]
-    return session.execute(select(m.apps.c.name).where(m.apps.c.id == app_id)).scalar_one()
+def _claim_for(ctx: Context, session, instance, now: float) -> list[wire.Assignment]:  # type: ignore[no-untyped-def]
+    """Claim what fits ``instance`` (whose row this transaction has already locked)."""
+    app_name = session.execute(
+        select(m.apps.c.name).where(m.apps.c.id == instance.app_id)
+    ).scalar_one()
+    return claim(
+        session,
+        skip_locked=not ctx.db.is_sqlite,
+        instance=instance,
+        app_name=app_name,
+        now=now,
+        limit=ctx.settings.max_assignments_per_poll,
+    )
 
 
 def _apply_result(result: wire.AttemptResult, row, now: float, max_infra: int) -> dict:  # type: ignore[no-untyped-def]
