@@ -135,9 +135,11 @@ class Client:
         *,
         version: int | None = None,
         parent_call_id: str | None = None,
+        wait: float = 0.0,
     ) -> wire.CallsCreated:
         """Submit one call per pickled ``(args, kwargs)`` in ``inputs`` (at most 10,000).
 
+        With ``wait``, the answer also carries the outputs ready within that many seconds.
         Not retried after the request may have reached the server, so a call is never
         created twice by the client.
         """
@@ -149,8 +151,11 @@ class Client:
             "version": version,
             "inputs": [base64.b64encode(item).decode("ascii") for item in inputs],
             "parent_call_id": parent_call_id,
+            "wait": wait,
         }
-        response = self._request("POST", "/calls", json=body, retry=False)
+        response = self._request(
+            "POST", "/calls", json=body, retry=False, read_timeout=wait + _READ_SLACK_S
+        )
         return wire.CallsCreated.model_validate_json(response.content)
 
     def wait_outputs(

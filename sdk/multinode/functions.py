@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from multinode import wire
 from multinode._calls import (
+    POLL_S,
     CallHandle,
     Target,
     pickle_inputs,
@@ -99,10 +100,15 @@ class Function(Generic[R]):
             The function's own exception, re-raised here with the remote traceback as a
             note; or CallTimeoutError, CallCancelledError, InfrastructureError, RemoteError.
         """
-        return self.start(*args, **kwargs).result()
+        # One request creates the call and waits for its output; a longer call is then
+        # awaited like any handle.
+        return self._start(args, kwargs, wait=POLL_S).result()
 
     def start(self, *args: Any, **kwargs: Any) -> CallHandle:
         """Start one remote call and return its handle without waiting."""
+        return self._start(args, kwargs, wait=0.0)
+
+    def _start(self, args: tuple, kwargs: dict, *, wait: float) -> CallHandle:
         data = pickle_inputs(self.name, args, kwargs)
         target = self._target()
         from multinode._client import get_client
@@ -113,8 +119,12 @@ class Function(Generic[R]):
             [data],
             version=target.version,
             parent_call_id=target.parent_call_id,
+            wait=wait,
         )
-        return CallHandle(created.call_ids[0], function=self.name)
+        handle = CallHandle(created.call_ids[0], function=self.name)
+        if created.outputs:
+            handle._output = created.outputs[0]
+        return handle
 
     def map(
         self,

@@ -113,6 +113,13 @@ class CallsCreate(BaseModel):
     version: int | None = Field(None, description="None: the app's current version")
     inputs: list[Base64Bytes] = Field(min_length=1, max_length=10_000)
     parent_call_id: str | None = None
+    wait: float = Field(
+        0.0,
+        ge=0,
+        le=60,
+        description="seconds to wait for the outputs before answering (a single call saves"
+        " a separate POST /calls/outputs); outputs not ready by then are fetched as usual",
+    )
 
 
 class CallsCreated(BaseModel):
@@ -120,6 +127,9 @@ class CallsCreated(BaseModel):
     function: str
     version: int
     call_ids: list[str]
+    outputs: list[CallOutput] = Field(
+        default_factory=list, description="outputs that were ready within the request's wait"
+    )
 
 
 class CallInfo(BaseModel):
@@ -363,6 +373,7 @@ class TriggerResponse(BaseModel):
 
 
 DeployRequest.model_rebuild()
+CallsCreated.model_rebuild()  # it refers to CallOutput, defined after it
 
 
 # ---------------------------------------------------------------------------- dicts

@@ -164,6 +164,22 @@ def test_a_second_deploy_of_unchanged_code_uploads_nothing(
 # ---------------------------------------------------------------------------- map
 
 
+def test_a_quick_call_is_one_request(app: str, recorded: RecordingTransport) -> None:
+    """`.call()` creates the call and receives its output in the same request, while
+    `.start()` returns at once and waits separately."""
+    inc = fn(app, "inc")
+    inc.call(0)  # the instance is warm from here on
+    recorded.requests.clear()
+    assert inc.call(41) == 42
+    assert [(r.method, r.url.path) for r in recorded.requests] == [("POST", "/v1/calls")]
+
+    recorded.requests.clear()
+    handle = inc.start(1)
+    assert json.loads(recorded.sent("POST", "/v1/calls")[0].content)["wait"] == 0
+    assert handle.result(timeout=30) == 2
+    assert recorded.sent("POST", "/v1/calls/outputs")
+
+
 def test_map_submits_large_lists_in_chunks_and_waits_on_a_bounded_window(
     app: str, recorded: RecordingTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:

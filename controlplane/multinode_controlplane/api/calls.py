@@ -12,8 +12,8 @@ router = APIRouter(prefix="/calls", tags=["calls"])
 
 
 @router.post("")
-def create_calls(body: wire.CallsCreate, ctx: CtxDep, principal: PrincipalDep) -> Response:
-    return json_response(calls.create_calls(ctx, principal, body))
+async def create_calls(body: wire.CallsCreate, ctx: CtxDep, principal: PrincipalDep) -> Response:
+    return json_response(await calls.create_and_wait(ctx, principal, body))
 
 
 @router.post("/outputs")

@@ -65,6 +65,23 @@ def create_calls(ctx: Context, principal: Principal, req: wire.CallsCreate) -> w
     return wire.CallsCreated(app=req.app, function=req.function, version=version, call_ids=ids)
 
 
+async def create_and_wait(
+    ctx: Context, principal: Principal, req: wire.CallsCreate
+) -> wire.CallsCreated:
+    """Create the calls; with ``req.wait``, also answer with the outputs ready within it.
+
+    Waiting goes through :func:`wait_outputs`, which reads the database after it starts
+    listening, so a call finishing between the two steps is not missed.
+    """
+    created = await anyio.to_thread.run_sync(create_calls, ctx, principal, req)
+    if req.wait <= 0:
+        return created
+    waited = await wait_outputs(
+        ctx, principal, wire.OutputsRequest(call_ids=created.call_ids, timeout=req.wait)
+    )
+    return created.model_copy(update={"outputs": waited.outputs})
+
+
 def get_call(ctx: Context, principal: Principal, call_id: str) -> wire.CallInfo:
     """Raises :class:`NotFoundError` for a call that does not exist or is not the caller's."""
     with ctx.db.read() as session:
