@@ -222,23 +222,14 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
         ]
         if log_rows:
             session.execute(insert(m.logs), log_rows)
-    # Callers waiting on these results hear of them before any refill work is done.
+        if call_updates and instance is not None and instance.state not in _SHUTDOWN_STATES:
+            # The results freed capacity: refill it in this same transaction (the heartbeat
+            # update above holds the instance's row lock) and answer with the new work,
+            # which saves a map one poll round trip per batch.
+            assignments = _claim_for(ctx, session, instance, now)
     ctx.notifier.calls_finished(finished)
     for app_id in requeued_apps:
         ctx.notifier.calls_created(app_id)
-    if call_updates and instance is not None and instance.state not in _SHUTDOWN_STATES:
-        # The results freed capacity: refill it and answer with the new work, which saves
-        # a map one poll round trip per batch. The heartbeat update takes the instance's
-        # row lock again, as a poll's claim does.
-        with ctx.db.write() as session:
-            locked = session.execute(
-                update(m.instances)
-                .where(m.instances.c.id == instance_id)
-                .values(last_heartbeat=now)
-                .returning(*m.instances.c)
-            ).first()
-            if locked is not None and locked.state not in _SHUTDOWN_STATES:
-                assignments = _claim_for(ctx, session, locked, now)
     if call_updates and not assignments:
         # Capacity was freed and nothing was waiting for it: the agent's own waiting
         # poll may claim whatever arrives next.
