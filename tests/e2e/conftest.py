@@ -6,8 +6,8 @@ temporary MN_HOME; stopped at the end, leaving no process behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import textwrap
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,35 +27,40 @@ E2E_SERVER_ENV = {
 }
 
 
-@pytest.fixture(scope="session")
-def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    home = tmp_path_factory.mktemp("mn-home")
+@contextlib.contextmanager
+def started_local_cloud(
+    home: Path, *, server_env: dict[str, str] | None = None, database_url: str | None = None
+) -> Iterator[dict]:
+    """A local cloud under ``home`` on free ports, with the e2e timings; stopped after."""
     config = _localcloud.LocalCloudConfig(
         home=home,
         aws_port=free_port(),
         control_plane_port=free_port(),
         use_existing_aws=False,
-        # Agents cache blobs in this session's home, not in the developer's ~/.cache.
-        server_env={
-            **E2E_SERVER_ENV,
-            "MN_SERVER_AGENT_EXTRA_ENV": json.dumps({"MN_AGENT_CACHE_DIR": str(home / "blobs")}),
-        },
+        database_url=database_url,
+        server_env={**E2E_SERVER_ENV, **(server_env or {})},
     )
     state = _localcloud.up(config, echo=lambda _m: None)
-    state["blob_cache"] = home / "blobs"
-    saved = {k: os.environ.get(k) for k in ("MN_HOME", "MN_URL", "MN_API_KEY")}
-    os.environ["MN_HOME"] = str(home)
-    os.environ.pop("MN_URL", None)
-    os.environ.pop("MN_API_KEY", None)
     try:
         yield {**state, "config": config}
     finally:
         _localcloud.down(config, echo=lambda _m: None)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The session's local cloud; the SDK finds it through MN_HOME, as after `mn up`."""
+    home = tmp_path_factory.mktemp("mn-home")
+    # Agents cache blobs in this test session's home, where a test can inspect them.
+    agent_env = json.dumps({"MN_AGENT_CACHE_DIR": str(home / "blobs")})
+    with (
+        started_local_cloud(home, server_env={"MN_SERVER_AGENT_EXTRA_ENV": agent_env}) as state,
+        pytest.MonkeyPatch.context() as env,
+    ):
+        env.setenv("MN_HOME", str(home))
+        env.delenv("MN_URL", raising=False)
+        env.delenv("MN_API_KEY", raising=False)
+        yield {**state, "blob_cache": home / "blobs"}
 
 
 @pytest.fixture

@@ -2,43 +2,28 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
 
 import multinode as mn
-from multinode import _localcloud
 from multinode._client import get_client
 from tests.conftest import fresh_postgres_database
-from tests.support.procs import free_port
+from tests.e2e.conftest import started_local_cloud
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 
 @pytest.fixture(scope="module")
 def pg_cloud(tmp_path_factory):
-    with fresh_postgres_database() as url:
-        home = tmp_path_factory.mktemp("mn-home-pg")
-        config = _localcloud.LocalCloudConfig(
-            home=home,
-            aws_port=free_port(),
-            control_plane_port=free_port(),
-            use_existing_aws=False,
-            database_url=url,
-        )
-        state = _localcloud.up(config, echo=lambda _m: None)
-        saved = {k: os.environ.get(k) for k in ("MN_URL", "MN_API_KEY")}
-        os.environ["MN_URL"], os.environ["MN_API_KEY"] = state["url"], state["api_key"]
-        try:
-            yield state
-        finally:
-            _localcloud.down(config, echo=lambda _m: None)
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    with (
+        fresh_postgres_database() as url,
+        started_local_cloud(tmp_path_factory.mktemp("mn-home-pg"), database_url=url) as state,
+        pytest.MonkeyPatch.context() as env,
+    ):
+        env.setenv("MN_URL", state["url"])
+        env.setenv("MN_API_KEY", state["api_key"])
+        yield state
 
 
 def test_call_map_and_errors_on_postgres(pg_cloud, write_app) -> None:

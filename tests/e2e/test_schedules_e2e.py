@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from multinode import _localcloud
-from tests.e2e.conftest import E2E_SERVER_ENV
-from tests.support.procs import free_port, wait_until
+from tests.e2e.conftest import started_local_cloud
+from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -41,18 +40,8 @@ def report():
 def demo_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A local cloud whose control plane accepts schedules every 2 s, as for a demo."""
     home = tmp_path_factory.mktemp("mn-home-schedules")
-    config = _localcloud.LocalCloudConfig(
-        home=home,
-        aws_port=free_port(),
-        control_plane_port=free_port(),
-        use_existing_aws=False,
-        server_env={**E2E_SERVER_ENV, "MN_SERVER_MIN_SCHEDULE_INTERVAL_S": "2"},
-    )
-    _localcloud.up(config, echo=lambda _m: None)
-    try:
+    with started_local_cloud(home, server_env={"MN_SERVER_MIN_SCHEDULE_INTERVAL_S": "2"}):
         yield home
-    finally:
-        _localcloud.down(config, echo=lambda _m: None)
 
 
 def mn(home: Path, *args: str) -> str:
