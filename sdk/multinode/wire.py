@@ -35,7 +35,10 @@ class ErrorBody(BaseModel):
 class FunctionSpec(BaseModel):
     """Resources and options of one deployed function (validated by the SDK's decorator)."""
 
-    kind: Literal["function"] = "function"
+    kind: Literal["function", "job", "service"] = Field(
+        "function",
+        description="function: called; job: long work with progress; service: kept running",
+    )
     cpu: float = Field(1.0, gt=0, le=192)
     memory_mib: int | None = Field(None, gt=0)
     gpu_type: str | None = None
@@ -44,6 +47,8 @@ class FunctionSpec(BaseModel):
     retries: int = Field(0, ge=0, le=20)
     max_workers: int = Field(10, ge=1, le=1000)
     cooldown_s: float = Field(60.0, ge=0)
+    port: int | None = Field(None, ge=1, le=65535, description="service: the port it listens on")
+    replicas: int = Field(1, ge=1, le=100, description="service: how many copies run")
 
 
 class FunctionUpload(BaseModel):
