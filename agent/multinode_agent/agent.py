@@ -36,6 +36,7 @@ from multinode.wire import (
     PollResponse,
     RegisterRequest,
     RegisterResponse,
+    ServiceEvent,
 )
 from multinode_agent import __version__
 from multinode_agent.blobs import BlobCache
@@ -48,6 +49,7 @@ from multinode_agent.client import (
     backoff,
 )
 from multinode_agent.reporter import Reporter
+from multinode_agent.service_runner import ServiceRunner, placement
 from multinode_agent.settings import AgentSettings
 from multinode_agent.worker import Job, LogLine, Outcome, Worker, WorkerPool
 
@@ -79,6 +81,7 @@ class _Attempt:
     cancelled: bool = False
     finished: bool = False  # its worker may already run another attempt
     worker: Worker | None = None
+    service: ServiceRunner | None = None  # set while a service replica runs
 
 
 class Agent:
@@ -261,7 +264,9 @@ class Agent:
             if attempt.finished:
                 return  # the server has not seen our result yet; nothing runs to stop
             attempt.cancelled = True
-            if attempt.worker is not None:
+            if attempt.service is not None:
+                attempt.service.cancel()
+            elif attempt.worker is not None:
                 attempt.worker.cancel(attempt_id)
 
     def _give_up_if_unreachable(self, exc: Exception) -> bool:
@@ -283,7 +288,7 @@ class Agent:
     def _run_attempt(self, attempt: _Attempt) -> None:
         a = attempt.assignment
         try:
-            outcome = self._execute(attempt)
+            outcome = self._serve(attempt) if a.kind == "service" else self._execute(attempt)
         except Unauthorized:
             attempt.finished = True
             self.stop(StopReason.unauthorized)
@@ -331,6 +336,33 @@ class Agent:
         finally:
             self._pool.release(worker)
 
+    def _serve(self, attempt: _Attempt) -> Outcome | None:
+        """Keep a service replica running until it is cancelled (see service_runner)."""
+        a = attempt.assignment
+        blob = self._blob(a.blob_hash)
+        if blob is None or isinstance(blob, Outcome):
+            return blob
+        # A service takes no arguments; the control plane never pickles, so the agent does.
+        no_args = cloudpickle.dumps(((), {}))
+        runner = ServiceRunner(
+            a,
+            job=lambda port: self._job(a, blob, input=no_args, env={"PORT": str(port)}),
+            pool=self._pool,
+            place=placement(self.settings.vm_address, self.settings.vm_isolated),
+            on_event=self._add_service_event,
+            on_logs=self._add_logs,
+            stopping=self._stop,
+        )
+        with attempt.lock:
+            if attempt.cancelled:
+                return Outcome("cancelled", reason="cancelled on request")
+            attempt.service = runner
+        return runner.run()
+
+    def _add_service_event(self, event: ServiceEvent) -> None:
+        if self._reporter is not None:
+            self._reporter.add_service_event(event)
+
     def _blob(self, blob_hash: str) -> bytes | Outcome | None:
         failures = 0
         while not self._stop.is_set():
@@ -344,8 +376,16 @@ class Agent:
                 failures += 1
         return None
 
-    def _job(self, a: Assignment, blob: bytes | None) -> Job:
+    def _job(
+        self,
+        a: Assignment,
+        blob: bytes | None,
+        *,
+        input: bytes | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Job:
         env = {
+            **(env or {}),
             "MN_URL": self.settings.url,
             "MN_API_KEY": self._token,
             "MN_APP": a.app,
@@ -358,7 +398,7 @@ class Agent:
             function=a.function,
             blob_hash=a.blob_hash,
             blob=blob,
-            input=a.input,
+            input=a.input if input is None else input,
             timeout_s=a.timeout_s,
             python_version=a.python_version,
             cloudpickle_version=a.cloudpickle_version,

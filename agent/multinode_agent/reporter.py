@@ -15,7 +15,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from multinode.wire import AgentLog, Assignment, AttemptResult, ReportRequest, ReportResponse
+from multinode.wire import (
+    AgentLog,
+    Assignment,
+    AttemptResult,
+    ReportRequest,
+    ReportResponse,
+    ServiceEvent,
+)
 from multinode_agent.client import ControlPlaneClient, Refused, Unauthorized, Unreachable, backoff
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,7 @@ class Reporter:
         self._cond = threading.Condition()
         self._results: deque[AttemptResult] = deque()
         self._logs: deque[AgentLog] = deque()
+        self._services: deque[ServiceEvent] = deque()
         self._stopping = False
         self._flush_deadline = 0.0
         self._thread = threading.Thread(target=self._loop, name="mn-reporter", daemon=True)
@@ -76,10 +84,16 @@ class Reporter:
             self._logs.extend(lines)
             self._cond.notify()
 
-    def pending(self) -> int:
-        """Results and lines not yet accepted by the server."""
+    def add_service_event(self, event: ServiceEvent) -> None:
+        """Queue news of a service replica; it is sent at once (a deploy may wait on it)."""
         with self._cond:
-            return len(self._results) + len(self._logs)
+            self._services.append(event)
+            self._cond.notify()
+
+    def pending(self) -> int:
+        """Results, lines and service events not yet accepted by the server."""
+        with self._cond:
+            return len(self._results) + len(self._logs) + len(self._services)
 
     def stop(self, *, flush_s: float = 0.0) -> None:
         """Stop the thread, first trying for up to ``flush_s`` seconds to send what is queued."""
@@ -128,10 +142,18 @@ class Reporter:
 
     def _next_batch(self) -> ReportRequest | None:
         with self._cond:
-            self._cond.wait_for(lambda: self._results or self._logs or self._stopping)
-            if self._stopping and (self._stop_due() or not (self._results or self._logs)):
+            self._cond.wait_for(
+                lambda: self._results or self._logs or self._services or self._stopping
+            )
+            queued = self._results or self._logs or self._services
+            if self._stopping and (self._stop_due() or not queued):
                 return None
-            if not self._stopping and self._interval_s > 0 and (not self._results or self._busy()):
+            if (
+                not self._stopping
+                and not self._services
+                and self._interval_s > 0
+                and (not self._results or self._busy())
+            ):
                 # A lone result goes at once: a caller is waiting on it. With other attempts
                 # still running (a map), results wait briefly to share one report, and so
                 # does the poll that refills the freed capacity.
@@ -149,12 +171,15 @@ class Reporter:
                 self._results.popleft() for _ in range(min(len(self._results), _MAX_RESULTS))
             ]
             logs = [self._logs.popleft() for _ in range(min(len(self._logs), _MAX_LOGS))]
-        return ReportRequest(results=results, logs=logs)
+            services = list(self._services)
+            self._services.clear()
+        return ReportRequest(results=results, logs=logs, services=services)
 
     def _put_back(self, batch: ReportRequest) -> None:
         with self._cond:
             self._results.extendleft(reversed(batch.results))
             self._logs.extendleft(reversed(batch.logs))
+            self._services.extendleft(reversed(batch.services))
 
     def _stop_due(self) -> bool:
         return self._stopping and time.monotonic() >= self._flush_deadline

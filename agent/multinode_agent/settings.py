@@ -72,3 +72,17 @@ class AgentSettings(BaseSettings):
         description="after SIGTERM, how long a cancelled or timed-out worker may take to exit "
         "before it gets SIGKILL (MN_AGENT_KILL_GRACE_S)",
     )
+    vm_address: str | None = Field(
+        None,
+        validation_alias="MN_VM_ADDRESS",
+        description="this VM's address as others reach it, set by the local cloud's VM runner "
+        "(MN_VM_ADDRESS); unset on EC2, where the metadata service gives the private IP. "
+        "Services report their URL with it",
+    )
+    vm_isolated: bool | None = Field(
+        None,
+        validation_alias="MN_VM_ISOLATED",
+        description="whether this VM has ports of its own (MN_VM_ISOLATED, set by the local "
+        "cloud's VM runner: 1 in a network namespace, 0 for a plain process, where services "
+        "get a free port in PORT instead of the one they declared); unset means yes",
+    )

@@ -164,7 +164,8 @@ class Worker:
             if remaining <= 0:
                 self.kill()
                 return Outcome("timed_out", reason=f"exceeded timeout of {job.timeout_s:g}s")
-            events = self._poller.poll(max(1, int(remaining * 1000) + 1))
+            # poll() takes a C int of milliseconds; a service's timeout is far beyond it.
+            events = self._poller.poll(max(1, int(min(remaining, 3600.0) * 1000) + 1))
             for fd, _ in events:
                 if fd == self._wake_r:
                     _drain(self._wake_r)

@@ -13,16 +13,18 @@ from multinode_controlplane import __version__
 from multinode_controlplane.api import agent, apps, blobs, calls, errors, health, instances, logs
 from multinode_controlplane.api import dicts as dicts_api
 from multinode_controlplane.api import schedules as schedules_api
+from multinode_controlplane.api import services as services_api
 from multinode_controlplane.clock import Clock, system_clock
 from multinode_controlplane.db import Database
 from multinode_controlplane.loops import run_forever
 from multinode_controlplane.loops.provisioner import Provisioner
 from multinode_controlplane.loops.reaper import Reaper
 from multinode_controlplane.loops.scheduler import Scheduler
+from multinode_controlplane.loops.services import ServicesLoop
 from multinode_controlplane.services import auth, provisioning
 from multinode_controlplane.services.context import Context
 from multinode_controlplane.services.dict_storage import DictStorage
-from multinode_controlplane.services.events import PROVISIONER, Notifier
+from multinode_controlplane.services.events import PROVISIONER, SERVICES, Notifier
 from multinode_controlplane.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,17 @@ def create_app(
                 )
             ]
             tasks.append(asyncio.create_task(Scheduler(ctx).run_forever()))
+            tasks.append(
+                asyncio.create_task(
+                    run_forever(
+                        "services",
+                        ServicesLoop(ctx).run_once,
+                        notifier=ctx.notifier,
+                        wake_on=[SERVICES],
+                        interval=settings.services_interval_s,
+                    )
+                )
+            )
             if cloud is not None:
                 provisioner = Provisioner(ctx, cloud)
                 tasks.append(
@@ -102,6 +115,17 @@ def create_app(
 
     app = FastAPI(title="Multinode control plane", version=__version__, lifespan=lifespan)
     errors.install(app)
-    for module in (health, blobs, apps, calls, logs, instances, agent, schedules_api, dicts_api):
+    for module in (
+        health,
+        blobs,
+        apps,
+        calls,
+        logs,
+        instances,
+        agent,
+        schedules_api,
+        dicts_api,
+        services_api,
+    ):
         app.include_router(module.router, prefix="/v1")
     return app

@@ -88,6 +88,7 @@ class CallRow(SQLModel, table=True):
     version: int
     function_id: int = Field(foreign_key="functions.id")
     function: str
+    kind: str = "function"  # the function's kind: function | job | service
     status: str = "queued"
     input: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     output: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
@@ -147,6 +148,7 @@ class InstanceRow(SQLModel, table=True):
     price_per_hour: float
     state: str = Field(default="launching", index=True)
     launched_for: str
+    dedicated: bool = False  # launched for a service: runs one replica of it, nothing else
     launch_token: str
     bootstrap_token_hash: str | None = Field(default=None, index=True)
     agent_token_hash: str | None = Field(default=None, index=True)
@@ -158,6 +160,35 @@ class InstanceRow(SQLModel, table=True):
     ready_at: float | None = None
     terminated_at: float | None = None
     reason: str | None = None
+
+
+class ServiceReplicaRow(SQLModel, table=True):
+    """One replica of one version of a service: a long-running call on its own instance.
+
+    ``state`` is what the agent last reported (``starting``, ``ready``, ``crashed``) or
+    what the control plane decided (``pending`` before an instance takes it, ``stopping``
+    once its call is cancelled, ``stopped`` once the call has ended).
+    """
+
+    __tablename__ = "service_replicas"
+    __table_args__ = (Index("ix_service_replicas_app_state", "app_id", "state"),)
+
+    id: str = Field(primary_key=True)
+    app_id: int = Field(foreign_key="apps.id")
+    function: str
+    version: int
+    replica: int  # 0 .. replicas-1 within its version
+    call_id: str = Field(index=True)
+    state: str = "pending"
+    url: str | None = None
+    restarts: int = 0  # times the agent restarted its process after an exit
+    crash_looping: bool = False
+    last_exit: str | None = None  # how the process last ended
+    instance_id: str | None = None
+    created_at: float
+    ready_at: float | None = None
+    stopped_at: float | None = None
+    updated_at: float
 
 
 class LogRow(SQLModel, table=True):
@@ -236,5 +267,6 @@ calls = CallRow.__table__
 attempts = AttemptRow.__table__
 instances = InstanceRow.__table__
 logs = LogRow.__table__
+service_replicas = ServiceReplicaRow.__table__
 schedules = ScheduleRow.__table__
 schedule_fires = FireRow.__table__

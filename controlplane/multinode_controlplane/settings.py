@@ -118,6 +118,19 @@ class ServerSettings(BaseSettings):
         description="Longest the scheduler sleeps with nothing due (other replicas' deploys "
         "do not wake it); its own deploys, resumes and the earliest due time wake it sooner.",
     )
+    service_drain_s: float = Field(
+        5.0,
+        ge=0,
+        description="After a redeploy, how long the old version of a service keeps serving "
+        "once every replica of the new one is ready (clients re-resolving its address in "
+        "that time lose no request).",
+    )
+    services_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="How often the services loop compares running replicas with what is "
+        "deployed (deploys and replicas' news also wake it at once).",
+    )
     dict_table: str = Field(
         "multinode-dicts", description="DynamoDB table of every app's mn.get_dict data."
     )

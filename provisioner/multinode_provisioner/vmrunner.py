@@ -217,6 +217,9 @@ class VMRunner:
         env["MN_PYTHON"] = self.python
         env["MN_VM_INSTANCE_ID"] = instance_id
         env["MN_VM_INSTANCE_TYPE"] = instance_type
+        # A plain process shares the host's ports and address.
+        env["MN_VM_ADDRESS"] = "127.0.0.1"
+        env["MN_VM_ISOLATED"] = "0"
         with open(directory / "console.log", "ab") as console:
             proc = subprocess.Popen(
                 ["bash", str(script)],

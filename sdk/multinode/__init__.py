@@ -29,9 +29,11 @@ from multinode.errors import (
     RemoteError,
     ResultTimeoutError,
     SerializationError,
+    ServiceNotReadyError,
 )
 from multinode.functions import Function, function, get_call, get_function
 from multinode.schedules import ScheduledTask, schedule, scheduled_task
+from multinode.services import Service, get_service, service
 
 __all__ = [
     # functions and calls
@@ -46,6 +48,10 @@ __all__ = [
     "scheduled_task",
     "schedule",
     "ScheduledTask",
+    # services
+    "service",
+    "Service",
+    "get_service",
     # dicts
     "get_dict",
     "Dict",
@@ -63,6 +69,7 @@ __all__ = [
     "AuthError",
     "ForbiddenError",
     "ConflictError",
+    "ServiceNotReadyError",
     "__version__",
 ]
 

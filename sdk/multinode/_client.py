@@ -207,6 +207,17 @@ class Client:
         response = self._request("GET", "/instances", params=_params(app=app))
         return [wire.InstanceInfo.model_validate(item) for item in response.json()]
 
+    def list_services(
+        self, *, app: str | None = None, include_stopped: bool = False
+    ) -> list[wire.ServiceInfo]:
+        params = _params(app=app, all="true" if include_stopped else None)
+        response = self._request("GET", "/services", params=params)
+        return [wire.ServiceInfo.model_validate(item) for item in response.json()]
+
+    def get_service(self, app: str, name: str) -> list[wire.ServiceInfo]:
+        response = self._request("GET", f"/apps/{app}/services/{name}")
+        return [wire.ServiceInfo.model_validate(item) for item in response.json()]
+
     # ------------------------------------------------------------------ dicts
 
     def dict_credentials(self, app: str) -> wire.DictCredentials:

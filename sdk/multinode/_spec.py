@@ -52,6 +52,7 @@ def build_spec(
     retries: Any = 0,
     max_workers: Any = 10,
     cooldown: Any = 60,
+    decorator: str = "mn.function",
 ) -> wire.FunctionSpec:
     """Validate decorator arguments for ``func_name`` and return its spec.
 
@@ -59,7 +60,7 @@ def build_spec(
         InvalidRequestError: an argument is of the wrong type or out of range; the message
             names the argument and shows a correct form.
     """
-    where = f"@mn.function(...) on {func_name}"
+    where = f"@{decorator}(...) on {func_name}"
     gpu_type, gpu_count = parse_gpu(gpu, where=where)
     return wire.FunctionSpec(
         cpu=parse_cpu(cpu, where=where),

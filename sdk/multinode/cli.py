@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from multinode import wire
@@ -50,7 +51,10 @@ def _expected_errors(command: F) -> F:
             return command(*args, **kwargs)
         except MultinodeError as exc:
             err.print(
-                f"[red]error:[/red] {exc.message}", highlight=False, markup=True, soft_wrap=True
+                f"[red]error:[/red] {escape(exc.message)}",
+                highlight=False,
+                markup=True,
+                soft_wrap=True,
             )
             raise typer.Exit(1) from None
 
@@ -95,16 +99,40 @@ def deploy_command(
         str | None, typer.Option("--name", "-n", help="app name (default: file stem)")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the deployment as JSON")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="wait until the app's services answer")
+    ] = True,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="seconds to wait for services to answer")
+    ] = 120.0,
 ) -> None:
-    """Deploy the @mn.function functions of PATH as an app."""
+    """Deploy the functions, tasks and services of PATH as an app.
+
+    With services, waits (unless --no-wait) until every replica of the new version answers
+    on its port and prints their URLs; a service that crash-loops or never answers is
+    reported with its last log lines and a non-zero exit.
+    """
     from multinode._deploy import default_app_name, deploy
 
     info = deploy(path, name=name or default_app_name(path))
+    services = [f.name for f in info.functions if f.spec.kind == "service"]
     if as_json:
         _print_json(info)
+    else:
+        out.print(f"Deployed app [bold]{info.app}[/bold] version {info.version}")
+        out.print(_functions_table(info.functions))
+    if not (services and wait):
         return
-    out.print(f"Deployed app [bold]{info.app}[/bold] version {info.version}")
-    out.print(_functions_table(info.functions))
+    from multinode._service_cli import services_table
+    from multinode.services import wait_ready
+
+    client = _client()
+    for service in services:
+        with out.status(f"waiting for service {service} to answer"):
+            wait_ready(client, info.app, service, version=info.version, timeout=timeout)
+    if not as_json:
+        replicas = client.list_services(app=info.app)
+        out.print(services_table([r for r in replicas if r.version == info.version]))
 
 
 @_command("run", context_settings=_PASS_THROUGH)
@@ -403,12 +431,13 @@ def _echo(message: str) -> None:
 
 def _functions_table(functions: list[wire.FunctionInfo]) -> Table:
     table = Table(
-        "function", "cpu", "memory", "gpu", "timeout", "retries", "max workers", "cooldown"
+        "function", "kind", "cpu", "memory", "gpu", "timeout", "retries", "max workers", "cooldown"
     )
     for fn in functions:
         spec = fn.spec
         table.add_row(
             fn.name,
+            spec.kind + (f" :{spec.port} x{spec.replicas}" if spec.kind == "service" else ""),
             f"{spec.cpu:g}",
             _mib(spec.memory_mib) if spec.memory_mib else "auto",
             f"{spec.gpu_type}:{spec.gpu_count}" if spec.gpu_type else "-",
@@ -426,6 +455,7 @@ def _mib(value: int) -> str:
 
 # `mn dict ...` lives in its own module; registered here so `mn --help` lists it.
 import multinode._schedule_cli  # noqa: E402,F401  (registers the schedule commands)
+import multinode._service_cli  # noqa: E402,F401  (registers `mn services`)
 from multinode._dict_cli import dict_app  # noqa: E402
 
 app.add_typer(dict_app, name="dict")

@@ -121,6 +121,14 @@ class ResultTimeoutError(MultinodeError, TimeoutError):
     status = 408
 
 
+class ServiceNotReadyError(MultinodeError, TimeoutError):
+    """A service's replicas did not all become ready: one crash-loops, or its port never
+    answered in time. ``details`` names the replica and carries its last log lines."""
+
+    code = "service_not_ready"
+    status = 504
+
+
 _BY_CODE: dict[str, type[MultinodeError]] = {
     cls.code: cls
     for cls in (
@@ -137,6 +145,7 @@ _BY_CODE: dict[str, type[MultinodeError]] = {
         RemoteError,
         InfrastructureError,
         ResultTimeoutError,
+        ServiceNotReadyError,
     )
 }
 

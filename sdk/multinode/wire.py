@@ -264,6 +264,8 @@ class Assignment(BaseModel):
     cpu: float
     python_version: str = Field(description="interpreter that pickled the function and input")
     cloudpickle_version: str
+    kind: Literal["function", "job", "service"] = "function"
+    port: int | None = Field(None, description="service: the port its process listens on")
 
 
 class PollRequest(BaseModel):
@@ -295,9 +297,23 @@ class AgentLog(BaseModel):
     ts: float = Field(description="unix seconds")
 
 
+class ServiceEvent(BaseModel):
+    """What became of a service replica's process on its instance, sent with a report."""
+
+    attempt_id: str
+    fence: int
+    state: Literal["starting", "ready", "crashed"]
+    url: str | None = Field(None, description="where the replica answers, once ready")
+    restarts: int = Field(0, ge=0, description="processes restarted after an exit so far")
+    crash_looping: bool = Field(False, description="it keeps exiting soon after it starts")
+    detail: str | None = Field(None, description="how the process last ended")
+    ts: float = Field(description="unix seconds")
+
+
 class ReportRequest(BaseModel):
     results: list[AttemptResult] = Field(default_factory=list)
     logs: list[AgentLog] = Field(default_factory=list)
+    services: list[ServiceEvent] = Field(default_factory=list)
 
 
 class ReportResponse(BaseModel):
@@ -410,3 +426,34 @@ class DictsDeleted(BaseModel):
     dicts: list[str]
     items: int
     objects: int
+
+
+# ---------------------------------------------------------------------------- services
+
+
+class ServiceState(str, Enum):
+    pending = "pending"  # waiting for its instance
+    starting = "starting"  # its process runs; the port does not answer yet
+    ready = "ready"  # the port answers at ``url``
+    crashed = "crashed"  # its process exited; the agent restarts it after a back-off
+    stopping = "stopping"  # replaced or undeployed; its process is being stopped
+    stopped = "stopped"
+
+
+class ServiceInfo(BaseModel):
+    """One replica of one version of a service."""
+
+    app: str
+    name: str
+    version: int
+    replica: int
+    state: ServiceState
+    url: str | None = None
+    restarts: int = 0
+    crash_looping: bool = False
+    last_exit: str | None = None
+    call_id: str
+    instance_id: str | None = None
+    created_at: datetime
+    ready_at: datetime | None = None
+    stopped_at: datetime | None = None

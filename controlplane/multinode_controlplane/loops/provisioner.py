@@ -115,7 +115,7 @@ class Provisioner:
                     report.failed_launches.append(offer.instance_type.name)
                     self._backoff[key] = now + self.ctx.settings.launch_backoff_s
                     return
-                remaining -= offer.slots
+                remaining -= launch_plan.slots(offer)
                 room -= 1
             if remaining <= 0 or room <= 0:
                 self._backoff.pop(key, None)

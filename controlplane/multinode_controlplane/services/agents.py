@@ -13,10 +13,11 @@ from multinode.errors import AuthError, ConflictError
 from multinode_controlplane import models as m
 from multinode_controlplane.domain import states
 from multinode_controlplane.domain.tokens import hash_token, new_token
+from multinode_controlplane.services import service_replicas
 from multinode_controlplane.services.auth import Principal, require_agent
 from multinode_controlplane.services.claims import claim
 from multinode_controlplane.services.context import Context
-from multinode_controlplane.services.events import app_key, instance_key
+from multinode_controlplane.services.events import SERVICES, app_key, instance_key
 
 _SHUTDOWN_STATES = ("terminating", "terminated", "failed")
 _CHUNK = 900
@@ -129,7 +130,11 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
     now = ctx.clock()
     max_infra = ctx.settings.max_call_attempts
     a, c = m.attempts.c, m.calls.c
-    ids = list({r.attempt_id for r in req.results} | {log.attempt_id for log in req.logs})
+    ids = list(
+        {r.attempt_id for r in req.results}
+        | {log.attempt_id for log in req.logs}
+        | {event.attempt_id for event in req.services}
+    )
     rejected: list[str] = []
     finished: list[str] = []
     requeued_apps: set[int] = set()
@@ -222,12 +227,17 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
         ]
         if log_rows:
             session.execute(insert(m.logs), log_rows)
+        services_changed = bool(req.services) and service_replicas.apply_events(
+            session, req.services, rows, instance_id=instance_id, now=now
+        )
         if call_updates and instance is not None and instance.state not in _SHUTDOWN_STATES:
             # The results freed capacity: refill it in this same transaction (the heartbeat
             # update above holds the instance's row lock) and answer with the new work,
             # which saves a map one poll round trip per batch.
             assignments = _claim_for(ctx, session, instance, now)
     ctx.notifier.calls_finished(finished)
+    if services_changed:
+        ctx.notifier.notify([SERVICES])
     for app_id in requeued_apps:
         ctx.notifier.calls_created(app_id)
     if call_updates and not assignments:

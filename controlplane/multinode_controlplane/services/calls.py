@@ -39,11 +39,18 @@ def create_calls(ctx: Context, principal: Principal, req: wire.CallsCreate) -> w
         deployment = current_deployment(session, app, req.version)
         function = find_function(session, app, deployment, req.function)
         spec = wire.FunctionSpec.model_validate_json(function.spec)
+        if spec.kind == "service":
+            raise InvalidRequestError(
+                f"{req.function} is a service: it runs on its own once deployed and cannot be "
+                "called; send requests to its URL (`mn services`)",
+                details={"app": req.app, "function": req.function},
+            )
         common = {
             "app_id": app.id,
             "version": deployment.version,
             "function_id": function.id,
             "function": function.name,
+            "kind": spec.kind,
             "status": states.QUEUED,
             "created_at": now,
             "parent_call_id": req.parent_call_id,

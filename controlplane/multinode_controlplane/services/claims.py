@@ -63,6 +63,14 @@ def claim(
     if free.cpu_m <= 0:
         return []
     c = m.calls.c
+    if instance.dedicated:
+        # An instance launched for a service runs one replica of it and nothing else.
+        if free != Resources.of(instance.vcpus, instance.memory_mib, instance.gpu_count):
+            return []
+        pool = [c.kind == "service", c.function == instance.launched_for]
+        limit = 1
+    else:
+        pool = [c.kind != "service"]
     # Only calls that fit the free capacity on their own, read a page at a time: a poll
     # with room for a few calls must not read a thousand-call backlog.
     base = (
@@ -76,10 +84,12 @@ def claim(
             c.function,
             c.version,
             c.timeout_s,
+            c.kind,
         )
         .where(
             c.app_id == instance.app_id,
             c.status == states.QUEUED,
+            *pool,
             c.cpu * 1000 <= free.cpu_m + 0.5,  # millicores, rounded as pack() rounds
             c.gpu_count <= free.gpus,
         )
@@ -110,7 +120,7 @@ def claim(
     blobs = {
         row.id: row
         for row in session.execute(
-            select(f.id, f.blob_hash, d.python_version, d.cloudpickle_version)
+            select(f.id, f.blob_hash, f.spec, d.python_version, d.cloudpickle_version)
             .join(m.deployments, d.id == f.deployment_id)
             .where(f.id.in_(function_ids))
         )
@@ -152,6 +162,8 @@ def claim(
                 cpu=row.cpu,
                 python_version=blob.python_version,
                 cloudpickle_version=blob.cloudpickle_version,
+                kind=row.kind,
+                port=_service_port(blob.spec) if row.kind == "service" else None,
             )
         )
     session.execute(insert(m.attempts), attempt_rows)
@@ -168,3 +180,7 @@ def claim(
         call_updates,
     )
     return assignments
+
+
+def _service_port(spec_json: str) -> int | None:
+    return wire.FunctionSpec.model_validate_json(spec_json).port

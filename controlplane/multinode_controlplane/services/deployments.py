@@ -14,7 +14,7 @@ from multinode_controlplane.domain import states
 from multinode_controlplane.services import schedules
 from multinode_controlplane.services.auth import Principal, ensure_owner, resolve_app
 from multinode_controlplane.services.context import Context
-from multinode_controlplane.services.events import instance_key
+from multinode_controlplane.services.events import SERVICES, instance_key
 
 
 def deploy(
@@ -91,7 +91,9 @@ def deploy(
         app.status = "deployed"
         app.ephemeral = req.ephemeral
         session.flush()
-        return _deployment_info(app, deployment, rows)
+        info = _deployment_info(app, deployment, rows)
+    ctx.notifier.notify([SERVICES])  # start the new version's services
+    return info
 
 
 def get_app(ctx: Context, principal: Principal, app_name: str) -> wire.AppInfo:
@@ -156,6 +158,7 @@ def undeploy(ctx: Context, principal: Principal, app_name: str) -> wire.AppInfo:
         info = _app_info(session, app)
     ctx.notifier.calls_finished(cancelled)
     ctx.notifier.notify(instance_key(i) for i in instance_ids)
+    ctx.notifier.notify([SERVICES])
     ctx.notifier.wake_provisioner()
     return info
 

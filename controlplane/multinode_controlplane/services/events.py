@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterable, Iterator
 
 PROVISIONER = "provisioner"
+SERVICES = "services"  # a deploy, an undeploy or a service replica's news
 
 
 def app_key(app_id: int) -> str:

@@ -100,10 +100,15 @@ class LaunchPlan:
     room: int  # instances max_workers still allows
     offers: list[Offer]
     cooldown_s: float
+    dedicated: bool = False  # for a service: one replica per instance, nothing else on it
+
+    def slots(self, offer: Offer) -> int:
+        """Queued calls one instance of ``offer``'s type takes."""
+        return 1 if self.dedicated else offer.slots
 
     def wanted(self, offer: Offer) -> int:
         """Instances of ``offer``'s type that cover the demand, within ``max_workers``."""
-        return min(self.room, math.ceil(self.uncovered / offer.slots))
+        return min(self.room, math.ceil(self.uncovered / self.slots(offer)))
 
 
 def plan(
@@ -142,9 +147,9 @@ def plan(
             ).all()
         )
         active = session.execute(
-            select(i.id, i.app_id, i.vcpus, i.memory_mib, i.gpu_count, i.launched_for).where(
-                i.app_id.in_(app_ids), i.state.in_(ACTIVE)
-            )
+            select(
+                i.id, i.app_id, i.vcpus, i.memory_mib, i.gpu_count, i.launched_for, i.dedicated
+            ).where(i.app_id.in_(app_ids), i.state.in_(ACTIVE))
         ).all()
         used = {
             row.instance_id: capacity.Resources.of(row.cpu, int(row.mem), int(row.gpus))
@@ -160,15 +165,23 @@ def plan(
             )
         }
     free: dict[int, list[capacity.Resources]] = defaultdict(list)
+    idle_dedicated: dict[tuple[int, str], int] = defaultdict(int)
     workers: dict[tuple[int, str], int] = defaultdict(int)
     for row in active:
+        workers[(row.app_id, row.launched_for)] += 1
+        if row.dedicated:
+            # A service's instance takes one replica of it, and only when it runs nothing.
+            if row.id not in used:
+                idle_dedicated[(row.app_id, row.launched_for)] += 1
+            continue
         total = capacity.Resources.of(row.vcpus, row.memory_mib, row.gpu_count)
         free[row.app_id].append(total - used.get(row.id, capacity.ZERO))
-        workers[(row.app_id, row.launched_for)] += 1
     plans: list[LaunchPlan] = []
     for row in demand:
         try:
-            launch_plan = _plan_one(ctx, catalog, row, fns[row.function_id], names, free, workers)
+            launch_plan = _plan_one(
+                ctx, catalog, row, fns[row.function_id], names, free, idle_dedicated, workers
+            )
         except Exception:  # one bad function must not stop the others
             log.exception("planning for function %s failed", row.function_id)
             continue
@@ -177,11 +190,17 @@ def plan(
     return plans
 
 
-def _plan_one(ctx, catalog, row, fn, names, free, workers) -> LaunchPlan | None:  # type: ignore[no-untyped-def]
+def _plan_one(ctx, catalog, row, fn, names, free, idle_dedicated, workers) -> LaunchPlan | None:  # type: ignore[no-untyped-def]
     spec = wire.FunctionSpec.model_validate_json(fn.spec)
-    need = capacity.Resources.of(spec.cpu, spec.memory_mib, spec.gpu_count)
-    missing = capacity.uncovered(row.n, need, free[row.app_id])
-    room = spec.max_workers - workers[(row.app_id, fn.name)]
+    dedicated = spec.kind == "service"
+    if dedicated:
+        missing = max(0, row.n - idle_dedicated[(row.app_id, fn.name)])
+        # Room for every replica twice: a redeploy's new replicas start beside the old.
+        room = 2 * spec.replicas - workers[(row.app_id, fn.name)]
+    else:
+        need = capacity.Resources.of(spec.cpu, spec.memory_mib, spec.gpu_count)
+        missing = capacity.uncovered(row.n, need, free[row.app_id])
+        room = spec.max_workers - workers[(row.app_id, fn.name)]
     if missing == 0 or room <= 0:
         return None
     try:
@@ -192,7 +211,14 @@ def _plan_one(ctx, catalog, row, fn, names, free, workers) -> LaunchPlan | None:
         fail_unplaceable(ctx, row.function_id, exc.message)
         return None
     return LaunchPlan(
-        row.app_id, names[row.app_id], fn.name, missing, room, offers, spec.cooldown_s
+        row.app_id,
+        names[row.app_id],
+        fn.name,
+        missing,
+        room,
+        offers,
+        spec.cooldown_s,
+        dedicated=dedicated,
     )
 
 
@@ -241,6 +267,7 @@ def launch(
                 price_per_hour=it.price_per_hour,
                 state="launching",
                 launched_for=launch_plan.function,
+                dedicated=launch_plan.dedicated,
                 launch_token=launch_token,
                 bootstrap_token_hash=hash_token(bootstrap),
                 cooldown_s=launch_plan.cooldown_s,
