@@ -136,6 +136,7 @@ def new_agent(
     memory_mib: int = 8192,
     launched_for: str = "f",
     cooldown_s: float = 60.0,
+    dedicated: bool = False,
 ) -> tuple[Principal, str]:
     """Like :func:`add_instance`, also returning the agent token."""
     bootstrap = new_token("bootstrap")
@@ -151,6 +152,7 @@ def new_agent(
                 memory_mib=memory_mib,
                 price_per_hour=0.1,
                 launched_for=launched_for,
+                dedicated=dedicated,
                 launch_token=f"token{len(count)}",
                 bootstrap_token_hash=hash_token(bootstrap),
                 cooldown_s=cooldown_s,

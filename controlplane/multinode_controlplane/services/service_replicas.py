@@ -157,7 +157,7 @@ def apply_events(
                 "_looping": event.crash_looping,
                 "_exit": event.detail,
                 "_instance": instance_id,
-                "_ready": event.ts if event.state == "ready" else None,
+                "_ready": now if event.state == "ready" else None,  # the server's clock
             }
         )
     if not changes:
