@@ -3,6 +3,7 @@ answers, a redeploy under a steady request stream, undeploy. Real processes thro
 
 from __future__ import annotations
 
+import json
 import threading
 import urllib.error
 import urllib.request
@@ -86,8 +87,6 @@ def silent():
 
 
 def get_json(url: str, timeout: float = 5.0) -> dict:
-    import json
-
     with urllib.request.urlopen(url, timeout=timeout) as answer:
         return json.loads(answer.read())
 
@@ -215,3 +214,26 @@ def test_redeploy_switches_versions_without_a_failed_request(local_cloud, write_
     # Once v2 answered, nothing went back to v1.
     assert "v1" not in seen[seen.index("v2") :]
     get_client().undeploy(app_name)
+
+
+def test_mn_deploy_prints_the_url_and_mn_services_lists_it(local_cloud, write_app, app_name):
+    from tests.e2e.test_cli_e2e import mn as run_mn
+
+    path = write_app(SERVICE_APP.format(version="cli"))
+    out = run_mn("deploy", str(path), "--name", app_name).stdout
+    listed = json.loads(run_mn("services", app_name, "--json").stdout)
+    assert [(s["name"], s["state"]) for s in listed] == [("web", "ready")]
+    url = listed[0]["url"]
+    assert url in out  # mn deploy waited for the port and printed where it answers
+    assert get_json(url + "/")["version"] == "cli"
+    table = run_mn("services", app_name).stdout
+    assert "web" in table and url in table and "ready" in table
+
+    broken = write_app(CRASHING_APP)
+    failed = run_mn(
+        "deploy", str(broken), "--name", app_name + "-b", "--timeout", "60", check=False
+    )
+    assert failed.returncode == 1
+    assert "keeps crashing" in failed.stderr and "/etc/nowhere.toml" in failed.stderr
+    run_mn("undeploy", app_name)
+    run_mn("undeploy", app_name + "-b")
