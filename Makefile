@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 # Start the local cloud, run the fan-out example on it, and stop everything again.
 demo: install
 	$(VENV)/bin/mn up
-	$(VENV)/bin/mn run examples/fanout.py; status=$$?; $(VENV)/bin/mn down; exit $$status
+	$(PY) examples/demo.py; status=$$?; $(VENV)/bin/mn down; exit $$status
 
 test: install lint
 	$(PY) -m pytest -q

@@ -43,6 +43,7 @@ __all__ = [
     "get_call",
     "get_function",
     "deploy",
+    "undeploy",
     "list_instances",
     # scheduled tasks
     "scheduled_task",
@@ -79,6 +80,16 @@ def deploy(target: Any, *, name: str, ephemeral: bool = False) -> Any:
     from multinode._deploy import deploy as _deploy
 
     return _deploy(target, name=name, ephemeral=ephemeral)
+
+
+def undeploy(app: str) -> Any:
+    """Undeploy ``app``: its calls, jobs and services stop and its instances end.
+
+    Returns its :class:`multinode.wire.AppInfo`. Raises NotFoundError for an unknown app.
+    """
+    from multinode._client import get_client
+
+    return get_client().undeploy(app)
 
 
 def list_instances(app: str | None = None) -> list[Any]:
