@@ -51,6 +51,7 @@ from multinode_agent.client import (
 from multinode_agent.reporter import Reporter
 from multinode_agent.service_runner import ServiceRunner, placement
 from multinode_agent.settings import AgentSettings
+from multinode_agent.slots import CpuSlots, Pace
 from multinode_agent.worker import Job, LogLine, Outcome, Worker, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ class Agent:
         self._clients_lock = threading.Lock()
         self._reporter: Reporter | None = None
         self._blobs = BlobCache(cache_dir=settings.cache_dir, fetch=self._fetch_blob)
+        self._slots = CpuSlots(1.0)  # sized at registration
+        self._pace = Pace(settings.prefetch_below_s)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -195,6 +198,7 @@ class Agent:
                 failures += 1
                 continue
             self.registration = answer
+            self._slots = CpuSlots(answer.vcpus)
             self._token = answer.agent_token
             client.token = answer.agent_token
             log.info("registered as instance %s of app %s", answer.instance_id, answer.app)
@@ -205,6 +209,7 @@ class Agent:
                 on_sent=self._forget,
                 on_unauthorized=lambda: self.stop(StopReason.unauthorized),
                 on_assignments=self._handle_refill,
+                prefetch=self._want_prefetch,
             )
             self._reporter.start()
             self.registered.set()
@@ -217,7 +222,9 @@ class Agent:
         failures = 0
         while not self._stop.is_set():
             self._pool.reap_idle()
-            request = PollRequest(running=self.running_attempts, wait=wait)
+            request = PollRequest(
+                running=self.running_attempts, wait=wait, prefetch=self._want_prefetch()
+            )
             try:
                 answer = client.post("/agent/poll", request, PollResponse, timeout=wait + 15.0)
             except Unauthorized as exc:
@@ -317,10 +324,39 @@ class Agent:
         if self._reporter is not None:
             self._reporter.add_result(result)
 
+    def _want_prefetch(self) -> bool:
+        return self.settings.prefetch_below_s > 0 and self._pace.short()
+
     def _execute(self, attempt: _Attempt) -> Outcome | None:
         a = attempt.assignment
         if attempt.cancelled:
             return Outcome("cancelled", reason="cancelled on request")
+        # Prefetched work waits here for a slot; the rest finds one free at once.
+        if not self._slots.acquire(
+            a.cpu,
+            timeout=self.settings.prefetch_max_wait_s,
+            abort=lambda: attempt.cancelled or self._stop.is_set(),
+        ):
+            if attempt.cancelled:
+                return Outcome("cancelled", reason="cancelled on request")
+            if not self._stop.is_set() and self._reporter is not None:
+                log.info(
+                    "giving back %s: no slot for it within %gs",
+                    a.attempt_id,
+                    self.settings.prefetch_max_wait_s,
+                )
+                self._pace.reset()  # calls are not short here after all: stop prefetching
+                self._reporter.add_released(a.attempt_id)
+            return None
+        started = time.monotonic()
+        try:
+            return self._execute_in_slot(attempt)
+        finally:
+            self._slots.release(a.cpu)
+            self._pace.record(time.monotonic() - started)
+
+    def _execute_in_slot(self, attempt: _Attempt) -> Outcome | None:
+        a = attempt.assignment
         worker = self._pool.acquire(prefer_function=a.blob_hash)
         try:
             blob = None

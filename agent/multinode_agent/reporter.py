@@ -54,6 +54,7 @@ class Reporter:
         on_sent: Callable[[list[str]], None],
         on_unauthorized: Callable[[], None],
         on_assignments: Callable[[list[Assignment]], None] = lambda _work: None,
+        prefetch: Callable[[], bool] = lambda: False,
     ) -> None:
         self._client = client
         self._interval_s = interval_s
@@ -61,6 +62,8 @@ class Reporter:
         self._on_sent = on_sent
         self._on_unauthorized = on_unauthorized
         self._on_assignments = on_assignments
+        self._prefetch = prefetch
+        self._released: deque[str] = deque()
         self._cond = threading.Condition()
         self._results: deque[AttemptResult] = deque()
         self._logs: deque[AgentLog] = deque()
@@ -90,10 +93,16 @@ class Reporter:
             self._services.append(event)
             self._cond.notify()
 
+    def add_released(self, attempt_id: str) -> None:
+        """Give back a prefetched attempt that never started; sent with the next report."""
+        with self._cond:
+            self._released.append(attempt_id)
+            self._cond.notify()
+
     def pending(self) -> int:
         """Results, lines and service events not yet accepted by the server."""
         with self._cond:
-            return len(self._results) + len(self._logs) + len(self._services)
+            return len(self._results) + len(self._logs) + len(self._services) + len(self._released)
 
     def stop(self, *, flush_s: float = 0.0) -> None:
         """Stop the thread, first trying for up to ``flush_s`` seconds to send what is queued."""
@@ -135,22 +144,29 @@ class Reporter:
                 log.warning(
                     "result of attempt %s was rejected (stale fence or unknown)", attempt_id
                 )
-            if batch.results:
-                self._on_sent([r.attempt_id for r in batch.results])
+            if batch.results or batch.released:
+                self._on_sent([r.attempt_id for r in batch.results] + batch.released)
             if answer.assignments:
                 self._on_assignments(answer.assignments)
 
     def _next_batch(self) -> ReportRequest | None:
         with self._cond:
             self._cond.wait_for(
-                lambda: self._results or self._logs or self._services or self._stopping
+                lambda: (
+                    self._results
+                    or self._logs
+                    or self._services
+                    or self._released
+                    or self._stopping
+                )
             )
-            queued = self._results or self._logs or self._services
+            queued = self._results or self._logs or self._services or self._released
             if self._stopping and (self._stop_due() or not queued):
                 return None
             if (
                 not self._stopping
                 and not self._services
+                and not self._released
                 and self._interval_s > 0
                 and (not self._results or self._busy())
             ):
@@ -173,13 +189,22 @@ class Reporter:
             logs = [self._logs.popleft() for _ in range(min(len(self._logs), _MAX_LOGS))]
             services = list(self._services)
             self._services.clear()
-        return ReportRequest(results=results, logs=logs, services=services)
+            released = list(self._released)
+            self._released.clear()
+        return ReportRequest(
+            results=results,
+            logs=logs,
+            services=services,
+            released=released,
+            prefetch=self._prefetch() and not released,
+        )
 
     def _put_back(self, batch: ReportRequest) -> None:
         with self._cond:
             self._results.extendleft(reversed(batch.results))
             self._logs.extendleft(reversed(batch.logs))
             self._services.extendleft(reversed(batch.services))
+            self._released.extendleft(reversed(batch.released))
 
     def _stop_due(self) -> bool:
         return self._stopping and time.monotonic() >= self._flush_deadline

@@ -72,6 +72,19 @@ class AgentSettings(BaseSettings):
         description="after SIGTERM, how long a cancelled or timed-out worker may take to exit "
         "before it gets SIGKILL (MN_AGENT_KILL_GRACE_S)",
     )
+    prefetch_below_s: float = Field(
+        0.5,
+        ge=0,
+        description="while this agent's calls take less than this on average, it asks for up "
+        "to one instance's worth of calls beyond its free slots, so a slot never waits on a "
+        "round trip; 0 turns prefetching off (MN_AGENT_PREFETCH_BELOW_S)",
+    )
+    prefetch_max_wait_s: float = Field(
+        5.0,
+        gt=0,
+        description="a prefetched call still waiting for a slot after this long is given back "
+        "to the control plane unstarted, for another instance (MN_AGENT_PREFETCH_MAX_WAIT_S)",
+    )
     vm_address: str | None = Field(
         None,
         validation_alias="MN_VM_ADDRESS",

@@ -273,6 +273,11 @@ class PollRequest(BaseModel):
 
     running: list[str] = Field(default_factory=list, description="attempt ids still running here")
     wait: float = Field(20.0, ge=0, le=60)
+    prefetch: bool = Field(
+        False,
+        description="also take up to one instance's worth of calls beyond the free capacity, "
+        "to start as slots free up (agents ask while their calls are short)",
+    )
 
 
 class PollResponse(BaseModel):
@@ -314,6 +319,12 @@ class ReportRequest(BaseModel):
     results: list[AttemptResult] = Field(default_factory=list)
     logs: list[AgentLog] = Field(default_factory=list)
     services: list[ServiceEvent] = Field(default_factory=list)
+    released: list[str] = Field(
+        default_factory=list,
+        description="prefetched attempt ids this agent could not start soon enough; their "
+        "calls are queued again without spending retries",
+    )
+    prefetch: bool = Field(False, description="as in PollRequest, for the refill")
 
 
 class ReportResponse(BaseModel):

@@ -169,3 +169,33 @@ def test_the_agent_process_shuts_down_when_the_control_plane_is_unreachable(tmp_
     assert "unreachable for" in proc.stderr and "stopping workers and shutting down" in proc.stderr
     assert f"running shutdown command: touch {marker}" in proc.stderr
     assert marker.exists()
+
+
+def test_work_beyond_the_slots_waits_and_is_given_back_if_no_slot_frees(
+    stub: StubControlPlane, tmp_path: Path
+) -> None:
+    # Two vCPUs: two cpu=1 calls run; a third waits for a slot, and is given back
+    # unstarted once it has waited prefetch_max_wait_s, so another instance can run it.
+    release = tmp_path / "release"
+    run = Running(Agent(settings(stub.url, tmp_path, prefetch_max_wait_s=0.5)))
+    try:
+        assert run.agent.registered.wait(20)
+        blockers = [assignment(stub, payloads.print_then_wait, str(release)) for _ in range(2)]
+        extra = assignment(stub, payloads.add, 1, 1)
+        stub.push(PollResponse(assignments=[*blockers, extra]))
+        wait_until(
+            lambda: any(extra.attempt_id in r.released for r in stub.reports),
+            timeout=20,
+            what="the third call to be given back",
+        )
+        assert extra.attempt_id not in stub.results()  # it never ran
+        release.write_text("go")
+        wait_until(
+            lambda: all(b.attempt_id in stub.results() for b in blockers),
+            timeout=20,
+            what="the two running calls to finish",
+        )
+        assert {stub.results()[b.attempt_id].status for b in blockers} == {"succeeded"}
+    finally:
+        run.agent.stop()
+        run.wait()

@@ -186,3 +186,32 @@ def test_concurrent_claimers_never_share_a_call(ctx: Context, user: Principal) -
     assert not errors
     everything = [c for ids in claimed for c in ids]
     assert len(everything) == len(set(everything)) == 400
+
+
+def test_prefetch_claims_one_instance_more_and_released_work_is_requeued_free(
+    ctx: Context, user: Principal
+) -> None:
+    deploy(ctx, user, f=wire.FunctionSpec(cpu=1.0, retries=0))
+    ids = submit(ctx, user, 6)
+    agent = add_instance(ctx, user, vcpus=2)
+    running = agents.poll_once(ctx, agent.instance_id, [], prefetch=True).assignments
+    assert [a.call_id for a in running] == ids[:4]  # two slots, plus two to start next
+    assert agents.poll_once(ctx, agent.instance_id, [], prefetch=True).assignments == []
+    # The agent could not start the last two in time: they go back, unspent.
+    reply = agents.report(
+        ctx,
+        agent,
+        wire.ReportRequest(released=[running[2].attempt_id, running[3].attempt_id], prefetch=True),
+    )
+    assert reply.assignments == []  # released work is not handed straight back
+    for call_id in ids[2:4]:
+        row = call_row(ctx, call_id)
+        assert (row.status, row.user_failures, row.infra_failures) == ("queued", 0, 0)
+    other = add_instance(ctx, user, vcpus=2)
+    taken = claim(ctx, other).assignments
+    assert [a.call_id for a in taken] == ids[2:4]
+    assert [a.fence for a in taken] == [2, 2]  # a new attempt; the stale fence is refused
+    stale = result(running[2])
+    assert agents.report(ctx, agent, wire.ReportRequest(results=[stale])).rejected == [
+        running[2].attempt_id
+    ]

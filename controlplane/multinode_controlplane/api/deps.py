@@ -5,30 +5,40 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel, TypeAdapter
 
-from multinode_controlplane.services.auth import Principal, authenticate
+from multinode_controlplane.services.auth import Principal, authenticate, cached_principal
 from multinode_controlplane.services.context import Context
 from multinode_controlplane.settings import ServerSettings
 
+# The dependencies are coroutines: FastAPI runs a plain ``def`` dependency in its thread
+# pool, a hop that costs more than these functions do.
 
-def get_ctx(request: Request) -> Context:
+
+async def get_ctx(request: Request) -> Context:
     return request.app.state.ctx
 
 
 CtxDep = Annotated[Context, Depends(get_ctx)]
 
 
-def get_settings(ctx: CtxDep) -> ServerSettings:
+async def get_settings(ctx: CtxDep) -> ServerSettings:
     return ctx.settings
 
 
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 
 
-def get_principal(ctx: CtxDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return authenticate(ctx, authorization)
+async def get_principal(
+    ctx: CtxDep, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    # A recently seen token is answered from memory; only a lookup goes to a thread.
+    principal = cached_principal(ctx, authorization)
+    if principal is not None:
+        return principal
+    return await anyio.to_thread.run_sync(authenticate, ctx, authorization)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -22,7 +22,10 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 # Attempt statuses: running, then exactly one of these.
-ATTEMPT_FINAL: frozenset[str] = frozenset({SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, "lost"})
+# "released": a prefetched attempt its agent gave back unstarted (the call is queued again).
+ATTEMPT_FINAL: frozenset[str] = frozenset(
+    {SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, "lost", "released"}
+)
 
 FailureKind = Literal["error", "timeout", "lost"]
 

@@ -64,7 +64,9 @@ def register(ctx: Context, req: wire.RegisterRequest) -> wire.RegisterResponse:
     return response
 
 
-def poll_once(ctx: Context, instance_id: str, running: Sequence[str]) -> wire.PollResponse:
+def poll_once(
+    ctx: Context, instance_id: str, running: Sequence[str], prefetch: bool = False
+) -> wire.PollResponse:
     """Record a heartbeat, then answer what the agent must do now (no waiting).
 
     ``cancel`` lists this instance's attempts whose call the caller cancelled, and
@@ -94,7 +96,7 @@ def poll_once(ctx: Context, instance_id: str, running: Sequence[str]) -> wire.Po
         )
         cancel = [att for att, requested in running_here.items() if requested]
         cancel += [att for att in running if att not in running_here]
-        assignments = _claim_for(ctx, session, instance, now)
+        assignments = _claim_for(ctx, session, instance, now, prefetch=prefetch)
     return wire.PollResponse.model_construct(assignments=assignments, cancel=cancel, shutdown=False)
 
 
@@ -108,14 +110,18 @@ async def poll(ctx: Context, principal: Principal, req: wire.PollRequest) -> wir
     deadline = anyio.current_time() + wait
     recheck = ctx.recheck_s
     with ctx.notifier.subscribe([app_key(principal.app_id), instance_key(instance_id)]) as sub:
-        response = await anyio.to_thread.run_sync(poll_once, ctx, instance_id, req.running)
+        response = await anyio.to_thread.run_sync(
+            poll_once, ctx, instance_id, req.running, req.prefetch
+        )
         while not (response.assignments or response.cancel or response.shutdown):
             remaining = deadline - anyio.current_time()
             if remaining <= 0:
                 break
             fired = await sub.wait(min(remaining, recheck) if recheck else remaining)
             if fired or recheck:
-                response = await anyio.to_thread.run_sync(poll_once, ctx, instance_id, req.running)
+                response = await anyio.to_thread.run_sync(
+                    poll_once, ctx, instance_id, req.running, req.prefetch
+                )
     return response
 
 
@@ -134,6 +140,7 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
         {r.attempt_id for r in req.results}
         | {log.attempt_id for log in req.logs}
         | {event.attempt_id for event in req.services}
+        | set(req.released)
     )
     rejected: list[str] = []
     finished: list[str] = []
@@ -191,6 +198,31 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
                 requeued_apps.add(row.app_id)
             else:
                 finished.append(row.call_id)
+        for attempt_id in req.released:
+            row = rows.get(attempt_id)
+            if (
+                row is None
+                or row.instance_id != instance_id
+                or row.attempt_status != "running"
+                or row.current_attempt_id != attempt_id
+                or row.status != states.RUNNING
+            ):
+                continue
+            # Never started: back to the queue, spending neither retries nor attempts.
+            attempt_updates.append({"_id": row.id, "_status": "released", "_reason": None})
+            call_updates.append(
+                {
+                    "_id": row.call_id,
+                    "_status": states.QUEUED,
+                    "_output": None,
+                    "_error": None,
+                    "_reason": None,
+                    "_finished": None,
+                    "_user": row.user_failures,
+                    "_current": None,
+                }
+            )
+            requeued_apps.add(row.app_id)
         if attempt_updates:
             session.execute(
                 update(m.attempts)
@@ -234,7 +266,9 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
             # The results freed capacity: refill it in this same transaction (the heartbeat
             # update above holds the instance's row lock) and answer with the new work,
             # which saves a map one poll round trip per batch.
-            assignments = _claim_for(ctx, session, instance, now)
+            assignments = _claim_for(
+                ctx, session, instance, now, prefetch=req.prefetch and not req.released
+            )
     ctx.notifier.calls_finished(finished)
     if services_changed:
         ctx.notifier.notify([SERVICES])
@@ -247,7 +281,9 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
     return wire.ReportResponse.model_construct(rejected=rejected, assignments=assignments)
 
 
-def _claim_for(ctx: Context, session, instance, now: float) -> list[wire.Assignment]:  # type: ignore[no-untyped-def]
+def _claim_for(
+    ctx: Context, session, instance, now: float, *, prefetch: bool = False
+) -> list[wire.Assignment]:  # type: ignore[no-untyped-def]
     """Claim what fits ``instance`` (whose row this transaction has already locked)."""
     app_name = session.execute(
         select(m.apps.c.name).where(m.apps.c.id == instance.app_id)
@@ -259,6 +295,7 @@ def _claim_for(ctx: Context, session, instance, now: float) -> list[wire.Assignm
         app_name=app_name,
         now=now,
         limit=ctx.settings.max_assignments_per_poll,
+        prefetch=prefetch,
     )
 
 

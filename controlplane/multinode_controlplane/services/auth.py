@@ -46,18 +46,30 @@ def authenticate(ctx: Context, authorization: str | None) -> Principal:
     Raises:
         AuthError: no header, not a bearer token, or a token nobody issued.
     """
+    cached = cached_principal(ctx, authorization)
+    if cached is not None:
+        return cached
     scheme, _, token = (authorization or "").partition(" ")
     digest = hash_token(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
     cache = ctx.auth_cache
     now = time.monotonic()
-    if digest is not None and (cached := cache.get(digest)) and cached[0] > now:
-        return cached[1]
     principal = _authenticate(ctx, authorization)
     if digest is not None:
         if len(cache) > 10_000:
             cache.clear()
         cache[digest] = (now + _CACHE_TTL_S, principal)
     return principal
+
+
+def cached_principal(ctx: Context, authorization: str | None) -> Principal | None:
+    """The principal of a token resolved within the last few seconds, or None (no I/O)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    cached = ctx.auth_cache.get(hash_token(token.strip()))
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1]
+    return None
 
 
 def _authenticate(ctx: Context, authorization: str | None) -> Principal:
