@@ -5,7 +5,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from multinode import wire
-from multinode_controlplane.api.deps import CtxDep, PrincipalDep, json_list, json_response
+from multinode_controlplane.api.deps import (
+    CtxDep,
+    PrincipalDep,
+    json_body,
+    json_list,
+    json_response,
+)
 from multinode_controlplane.services import calls
 
 router = APIRouter(prefix="/calls", tags=["calls"])
@@ -17,7 +23,11 @@ async def create_calls(body: wire.CallsCreate, ctx: CtxDep, principal: Principal
 
 
 @router.post("/outputs")
-async def outputs(body: wire.OutputsRequest, ctx: CtxDep, principal: PrincipalDep) -> Response:
+async def outputs(
+    ctx: CtxDep,
+    principal: PrincipalDep,
+    body: Annotated[wire.OutputsRequest, json_body(wire.OutputsRequest)],
+) -> Response:
     return json_response(await calls.wait_outputs(ctx, principal, body))
 
 
