@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from multinode_controlplane import __version__
 from multinode_controlplane.api import agent, apps, blobs, calls, errors, health, instances, logs
 from multinode_controlplane.api import dicts as dicts_api
+from multinode_controlplane.api import jobs as jobs_api
 from multinode_controlplane.api import schedules as schedules_api
 from multinode_controlplane.clock import Clock, system_clock
 from multinode_controlplane.db import Database
@@ -104,4 +105,5 @@ def create_app(
     errors.install(app)
     for module in (health, blobs, apps, calls, logs, instances, agent, schedules_api, dicts_api):
         app.include_router(module.router, prefix="/v1")
+    app.include_router(jobs_api.router, prefix="/v1")
     return app

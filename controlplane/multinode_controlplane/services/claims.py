@@ -12,6 +12,7 @@ serialises claims.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -110,11 +111,12 @@ def claim(
     blobs = {
         row.id: row
         for row in session.execute(
-            select(f.id, f.blob_hash, d.python_version, d.cloudpickle_version)
+            select(f.id, f.blob_hash, f.spec, d.python_version, d.cloudpickle_version)
             .join(m.deployments, d.id == f.deployment_id)
             .where(f.id.in_(function_ids))
         )
     }
+    kinds = {row.id: json.loads(row.spec).get("kind", "function") for row in blobs.values()}
     attempt_rows, call_updates, assignments = [], [], []
     for call_id in chosen:
         row = candidates[call_id]
@@ -152,6 +154,7 @@ def claim(
                 cpu=row.cpu,
                 python_version=blob.python_version,
                 cloudpickle_version=blob.cloudpickle_version,
+                kind=kinds[row.function_id],
             )
         )
     session.execute(insert(m.attempts), attempt_rows)
