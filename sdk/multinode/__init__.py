@@ -5,6 +5,9 @@
     @mn.function(cpu=16)
     def crunch(x): ...
 
+    @mn.job(cpu=4)
+    def process(data): ...  # process.start(data) -> job id; process.get(job_id)
+
 Then ``mn deploy app.py`` and ``crunch.map(range(1000))``. Importing this package is
 cheap: cloudpickle, httpx and rich load only when a call, map or deploy needs them.
 """
@@ -31,7 +34,9 @@ from multinode.errors import (
     SerializationError,
 )
 from multinode.functions import Function, function, get_call, get_function
+from multinode.jobs import Job, JobRun, get_job, job
 from multinode.schedules import ScheduledTask, schedule, scheduled_task
+from multinode.wire import JobStatus
 
 __all__ = [
     # functions and calls
@@ -42,6 +47,12 @@ __all__ = [
     "get_function",
     "deploy",
     "list_instances",
+    # jobs
+    "job",
+    "Job",
+    "JobRun",
+    "JobStatus",
+    "get_job",
     # scheduled tasks
     "scheduled_task",
     "schedule",
