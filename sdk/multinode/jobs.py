@@ -29,6 +29,7 @@ from multinode import wire
 from multinode._calls import POLL_S, unwrap
 from multinode._serialization import loads
 from multinode.errors import InvalidRequestError, NotFoundError
+from multinode.functions import _DEFAULTS as FUNCTION_DEFAULTS
 from multinode.functions import Function, get_function, make_decorator
 
 R = TypeVar("R")
@@ -251,15 +252,7 @@ def job(
     return make_decorator(_func, options, defaults=_DEFAULTS, cls=Job, kind="job")
 
 
-_DEFAULTS: dict[str, Any] = {
-    "cpu": 1,
-    "memory": None,
-    "gpu": None,
-    "timeout": DEFAULT_TIMEOUT_S,
-    "retries": 0,
-    "max_workers": 10,
-    "cooldown": 60,
-}
+_DEFAULTS: dict[str, Any] = {**FUNCTION_DEFAULTS, "timeout": DEFAULT_TIMEOUT_S}
 
 
 def get_job(app: str, name: str) -> Job[Any]:

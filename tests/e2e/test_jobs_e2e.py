@@ -18,7 +18,7 @@ import pytest
 import multinode as mn
 from multinode._client import get_client
 from multinode.wire import JobStatus
-from tests.support.procs import wait_until
+from tests.support.procs import pid_alive, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -93,15 +93,6 @@ def app(local_cloud, tmp_path_factory) -> str:
     kinds = {f.name: f.spec.kind for f in info.functions}
     assert kinds["count_up"] == "job" and kinds["square"] == "function"
     return name
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def test_a_generators_progress_is_visible_while_it_runs(app: str, tmp_path: Path) -> None:
