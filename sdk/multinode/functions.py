@@ -324,7 +324,11 @@ def registered_functions(module_name: str) -> dict[str, Function[Any]]:
 
 
 def _decorate(
-    func: Any, options: dict[str, Any], *, cls: type[Function[Any]], kind: str
+    func: Any,
+    options: dict[str, Any],
+    *,
+    cls: type[Function[Any]],
+    kind: Literal["function", "job", "service"],
 ) -> Function[Any]:
     if isinstance(func, Function):
         first = func.spec.kind
