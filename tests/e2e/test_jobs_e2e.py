@@ -120,9 +120,15 @@ def test_a_generators_progress_is_visible_while_it_runs(app: str, tmp_path: Path
 
 def test_a_returned_value_is_the_final_result(app: str) -> None:
     with_return = mn.get_job(app, "with_return")
-    run = with_return.wait(with_return.start(5), timeout=60)
+    job_id = with_return.start(5)
+    run = with_return.wait(job_id, timeout=60)
     assert (run.status, run.result, run.yields) == (JobStatus.succeeded, "5 rows written", 5)
     assert with_return.call(2) == "2 rows written"  # .call gives the final result too
+
+    runs = with_return.list()
+    assert job_id in {r.id for r in runs} and {r.job for r in runs} == {"with_return"}
+    assert job_id in {r.id for r in with_return.list(status="succeeded")}
+    assert job_id not in {r.id for r in with_return.list(status="running")}
 
 
 def test_a_failing_job_reports_its_error_and_keeps_its_progress(app: str) -> None:
