@@ -31,6 +31,7 @@ import cloudpickle
 from multinode.wire import (
     AgentLog,
     Assignment,
+    AttemptProgress,
     AttemptResult,
     PollRequest,
     PollResponse,
@@ -368,7 +369,11 @@ class Agent:
                 if attempt.cancelled:
                     return Outcome("cancelled", reason="cancelled on request")
                 attempt.worker = worker
-            return worker.run(self._job(a, blob), on_logs=self._add_logs)
+            return worker.run(
+                self._job(a, blob),
+                on_logs=self._add_logs,
+                on_progress=lambda seq, value: self._add_progress(a, seq, value),
+            )
         finally:
             self._pool.release(worker)
 
@@ -439,6 +444,8 @@ class Agent:
             python_version=a.python_version,
             cloudpickle_version=a.cloudpickle_version,
             env=env,
+            kind=a.kind,
+            progress_interval_s=self.settings.progress_interval_s,
         )
 
     def _add_logs(self, lines: list[LogLine]) -> None:
@@ -452,6 +459,15 @@ class Agent:
                 log.info("worker %s: %s", stream, text)
         if ours and self._reporter is not None:
             self._reporter.add_logs(ours)
+
+    def _add_progress(self, a: Assignment, seq: int, value: bytes) -> None:
+        if self._reporter is not None:
+            # model_construct: value is raw bytes (validation would expect base64 text).
+            self._reporter.set_progress(
+                AttemptProgress.model_construct(
+                    attempt_id=a.attempt_id, fence=a.fence, seq=seq, value=value
+                )
+            )
 
     def _forget(self, attempt_ids: list[str]) -> None:
         with self._attempts_lock:

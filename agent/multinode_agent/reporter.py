@@ -1,10 +1,11 @@
-"""Sends results and log lines to the control plane from a thread of its own.
+"""Sends results, log lines and jobs' progress to the control plane from a thread of its own.
 
 Producers (the threads running attempts) only append to a queue, so neither they nor the
 poll loop ever wait for the network. The reporter thread takes whatever is ready. A result is
 sent at once when nothing else runs here (a caller is waiting on it); while other attempts
 still run, and for log lines alone, it waits at most ``interval_s`` so that a burst of
-results, and chatty output, travel in few requests.
+results, and chatty output, travel in few requests. Of a job's progress only the latest
+value per attempt is kept; it travels like a log line.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from multinode.wire import (
     AgentLog,
     Assignment,
+    AttemptProgress,
     AttemptResult,
     ReportRequest,
     ReportResponse,
@@ -68,6 +70,7 @@ class Reporter:
         self._results: deque[AttemptResult] = deque()
         self._logs: deque[AgentLog] = deque()
         self._services: deque[ServiceEvent] = deque()
+        self._progress: dict[str, AttemptProgress] = {}  # the latest per attempt
         self._stopping = False
         self._flush_deadline = 0.0
         self._thread = threading.Thread(target=self._loop, name="mn-reporter", daemon=True)
@@ -99,10 +102,22 @@ class Reporter:
             self._released.append(attempt_id)
             self._cond.notify()
 
-    def pending(self) -> int:
-        """Results, lines and service events not yet accepted by the server."""
+    def set_progress(self, progress: AttemptProgress) -> None:
+        """Queue a job's latest yielded value, replacing any not yet sent; returns at once."""
         with self._cond:
-            return len(self._results) + len(self._logs) + len(self._services) + len(self._released)
+            self._progress[progress.attempt_id] = progress
+            self._cond.notify()
+
+    def pending(self) -> int:
+        """Results, lines, service events, give-backs and progress values not yet sent."""
+        with self._cond:
+            return (
+                len(self._results)
+                + len(self._logs)
+                + len(self._services)
+                + len(self._released)
+                + len(self._progress)
+            )
 
     def stop(self, *, flush_s: float = 0.0) -> None:
         """Stop the thread, first trying for up to ``flush_s`` seconds to send what is queued."""
@@ -151,17 +166,8 @@ class Reporter:
 
     def _next_batch(self) -> ReportRequest | None:
         with self._cond:
-            self._cond.wait_for(
-                lambda: (
-                    self._results
-                    or self._logs
-                    or self._services
-                    or self._released
-                    or self._stopping
-                )
-            )
-            queued = self._results or self._logs or self._services or self._released
-            if self._stopping and (self._stop_due() or not queued):
+            self._cond.wait_for(lambda: self._has_items() or self._stopping)
+            if self._stopping and (self._stop_due() or not self._has_items()):
                 return None
             if (
                 not self._stopping
@@ -191,12 +197,19 @@ class Reporter:
             self._services.clear()
             released = list(self._released)
             self._released.clear()
+            progress, self._progress = list(self._progress.values()), {}
         return ReportRequest(
             results=results,
             logs=logs,
             services=services,
             released=released,
+            progress=progress,
             prefetch=self._prefetch() and not released,
+        )
+
+    def _has_items(self) -> bool:
+        return bool(
+            self._results or self._logs or self._services or self._released or self._progress
         )
 
     def _put_back(self, batch: ReportRequest) -> None:
@@ -205,6 +218,8 @@ class Reporter:
             self._logs.extendleft(reversed(batch.logs))
             self._services.extendleft(reversed(batch.services))
             self._released.extendleft(reversed(batch.released))
+            for item in batch.progress:
+                self._progress.setdefault(item.attempt_id, item)  # unless a newer one came
 
     def _stop_due(self) -> bool:
         return self._stopping and time.monotonic() >= self._flush_deadline

@@ -7,12 +7,17 @@ the socket closes. Messages are pickled tuples (standard pickle; only plain data
 agent → worker:
     ``("run", job)``: ``job`` is a dict with ``attempt_id``, ``function``, ``blob_hash``,
     ``blob`` (the pickled function, or None when this worker already loaded it), ``input``
-    (pickled ``(args, kwargs)``), ``python_version``, ``cloudpickle_version`` and ``env``.
+    (pickled ``(args, kwargs)``), ``python_version``, ``cloudpickle_version``, ``env``,
+    and optionally ``kind`` (``"job"`` drives a returned generator, see :func:`drive`)
+    and ``progress_interval_s``.
 
 worker → agent:
     ``("ready", pid)`` once, when the worker can take jobs.
     ``("logs", [(attempt_id, stream, text, ts), ...])`` while a job runs (and between jobs,
     with ``attempt_id`` None, for output nobody asked for).
+    ``("progress", attempt_id, seq, value)`` while a job's generator runs: the pickled
+    ``seq``-th value it yielded, at most one per ``progress_interval_s`` (the latest wins,
+    :class:`multinode_agent.progress.ProgressSender`), all before the job's ``done``.
     ``("done", attempt_id, outcome)``: ``outcome`` is a dict with ``status``
     (``succeeded``/``failed``), ``output``, ``error`` (a dict with the fields of
     :class:`multinode.wire.CallError`), ``reason`` and ``cached`` (whether the function is
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import inspect
 import io
 import os
 import platform
@@ -35,11 +41,13 @@ import threading
 import time
 import traceback
 from codecs import getincrementaldecoder
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from multiprocessing.connection import Connection
 from typing import Any
 
 import cloudpickle
+
+from multinode_agent.progress import ProgressSender
 
 # A partial line longer than this is sent without waiting for its newline.
 _MAX_PARTIAL = 16 * 1024
@@ -82,6 +90,7 @@ def main() -> None:
     _crash_log = os.fdopen(os.dup(2), "w")
     faulthandler.enable(file=_crash_log)
     capture = OutputCapture(send)
+    progress = ProgressSender(send)
     functions: dict[str, Callable[..., Any]] = {}
     send(("ready", os.getpid()))
     while True:
@@ -95,18 +104,24 @@ def main() -> None:
         # Unpickling and pickling run user code too (imports, __reduce__), so the capture
         # spans the whole job.
         capture.begin(job["attempt_id"])
+        progress.begin(job["attempt_id"], job.get("progress_interval_s", 0.5))
         try:
-            outcome = run_job(job, functions)
+            outcome = run_job(job, functions, progress)
         finally:
+            progress.end()
             capture.end()
         send(("done", job["attempt_id"], outcome))
 
 
-def run_job(job: dict, functions: dict[str, Callable[..., Any]]) -> dict:
+def run_job(
+    job: dict, functions: dict[str, Callable[..., Any]], progress: ProgressSender | None = None
+) -> dict:
     """Run one job and describe its outcome; never raises for anything the user's code does.
 
     ``functions`` caches unpickled functions by blob hash across jobs; a function is cached
-    only once it unpickled, and the outcome's ``cached`` says whether it is.
+    only once it unpickled, and the outcome's ``cached`` says whether it is. A generator
+    returned by a function of kind ``"job"`` is driven by :func:`drive`, its values
+    offered to ``progress``.
     """
     os.environ.update(job["env"])
     mismatch = version_mismatch(job["python_version"], job["cloudpickle_version"])
@@ -131,10 +146,52 @@ def run_job(job: dict, functions: dict[str, Callable[..., Any]]) -> dict:
         value = func(*args, **kwargs)
     except BaseException as exc:  # SystemExit from user code is a failure too
         return {"status": "failed", "error": describe_exception(exc), "cached": True}
+    if job.get("kind") == "job" and inspect.isgenerator(value):
+        return drive(value, progress.offer if progress is not None else lambda _s, _d: None)
     try:
         output = cloudpickle.dumps(value, protocol=5)
     except Exception as exc:
         return {"status": "failed", "error": _unpicklable_result(value, exc), "cached": True}
+    return {"status": "succeeded", "output": output, "cached": True}
+
+
+def drive(generator: Generator[Any, None, Any], offer: Callable[[int, bytes], None]) -> dict:
+    """Run a job's generator to its end, offering each yielded value, pickled, as progress.
+
+    The job's result is the generator's return value when it returns something other than
+    None, else the last value it yielded (None if it yielded nothing). A value that cannot
+    be pickled fails the job, naming the step; so does an exception, with the progress
+    offered so far kept.
+    """
+    seq = 0
+    last: bytes | None = None
+    while True:
+        try:
+            value = next(generator)
+        except StopIteration as stop:
+            returned = stop.value
+            break
+        except BaseException as exc:
+            # Described here, so the traceback starts at the generator's frame.
+            return {"status": "failed", "error": describe_exception(exc), "cached": True}
+        seq += 1
+        try:
+            last = cloudpickle.dumps(value, protocol=5)
+        except Exception as exc:
+            with contextlib.suppress(BaseException):
+                generator.close()  # runs the generator's finally blocks
+            return {
+                "status": "failed",
+                "error": _unpicklable(value, exc, what=f"the value yielded at step {seq}"),
+                "cached": True,
+            }
+        offer(seq, last)
+    if returned is None:
+        return {"status": "succeeded", "output": last, "cached": True}
+    try:
+        output = cloudpickle.dumps(returned, protocol=5)
+    except Exception as exc:
+        return {"status": "failed", "error": _unpicklable_result(returned, exc), "cached": True}
     return {"status": "succeeded", "output": output, "cached": True}
 
 
@@ -290,11 +347,14 @@ def _unpickle_message(what: str, exc: Exception, job: dict) -> str:
 
 
 def _unpicklable_result(value: Any, exc: Exception) -> dict:
+    return _unpicklable(value, exc, what="the return value", fix="return plain data instead")
+
+
+def _unpicklable(
+    value: Any, exc: Exception, *, what: str, fix: str = "yield plain data instead"
+) -> dict:
     type_name = _qualified_name(type(value))
-    message = (
-        f"the return value, of type {type_name}, could not be pickled: {exc}; "
-        "return plain data instead"
-    )
+    message = f"{what}, of type {type_name}, could not be pickled: {exc}; {fix}"
     try:
         from multinode.errors import SerializationError
 

@@ -66,6 +66,14 @@ class AgentSettings(BaseSettings):
         description="longest time a finished result or log line waits so it can be sent in "
         "one report together with others (MN_AGENT_REPORT_INTERVAL_S)",
     )
+    progress_interval_s: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="least time between two progress reports of one running job: a job's "
+        "generator may yield as fast as it likes, the latest value wins "
+        "(MN_AGENT_PROGRESS_INTERVAL_S)",
+    )
     kill_grace_s: float = Field(
         1.0,
         ge=0,

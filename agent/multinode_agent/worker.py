@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 LogLine = tuple[str | None, str, str, float]
 """``(attempt_id, stream, text, unix_ts)``; attempt_id is None for output between jobs."""
 LogSink = Callable[[list[LogLine]], None]
+ProgressSink = Callable[[int, bytes], None]
+"""Called with ``(seq, pickled_value)`` for the latest value a job's generator yielded."""
 
 _START_TIMEOUT_S = 60.0
 _BOOT = "import multinode_agent.runtime as r; r.main()"
@@ -49,6 +51,9 @@ class Job:
         blob: the pickled function; may be None when ``worker.has_function(blob_hash)``.
         input: pickled ``(args, kwargs)``.
         env: variables set in the worker's environment before the function runs.
+        kind: the function's kind; for ``"job"``, a returned generator is run to its end
+            and its values reported as progress.
+        progress_interval_s: least time between two progress reports of this job.
     """
 
     attempt_id: str
@@ -60,6 +65,8 @@ class Job:
     python_version: str
     cloudpickle_version: str
     env: Mapping[str, str] = field(default_factory=dict)
+    kind: str = "function"
+    progress_interval_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -132,8 +139,11 @@ class Worker:
         """True when the function is loaded here, so a job may omit its blob."""
         return blob_hash in self._functions
 
-    def run(self, job: Job, *, on_logs: LogSink) -> Outcome:
-        """Run ``job`` to its end and return how it ended; output lines go to ``on_logs``.
+    def run(
+        self, job: Job, *, on_logs: LogSink, on_progress: ProgressSink | None = None
+    ) -> Outcome:
+        """Run ``job`` to its end and return how it ended; output lines go to ``on_logs``,
+        a job's yielded values (throttled, the latest winning) to ``on_progress``.
 
         Past ``job.timeout_s`` the process is killed (``timed_out``); after
         ``cancel(job.attempt_id)`` it is killed (``cancelled``); if it dies on its own the
@@ -153,6 +163,8 @@ class Worker:
             "python_version": job.python_version,
             "cloudpickle_version": job.cloudpickle_version,
             "env": dict(job.env),
+            "kind": job.kind,
+            "progress_interval_s": job.progress_interval_s,
         }
         deadline = time.monotonic() + job.timeout_s
         try:
@@ -179,6 +191,9 @@ class Worker:
                     return self._died()
                 if reply[0] == "logs":
                     on_logs(reply[1])
+                elif reply[0] == "progress" and reply[1] == job.attempt_id:
+                    if on_progress is not None:
+                        on_progress(reply[2], reply[3])
                 elif reply[0] == "done" and reply[1] == job.attempt_id:
                     return self._finished(job, reply[2])
 

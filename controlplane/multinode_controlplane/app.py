@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from multinode_controlplane import __version__
 from multinode_controlplane.api import agent, apps, blobs, calls, errors, health, instances, logs
 from multinode_controlplane.api import dicts as dicts_api
+from multinode_controlplane.api import jobs as jobs_api
 from multinode_controlplane.api import schedules as schedules_api
 from multinode_controlplane.api import services as services_api
 from multinode_controlplane.clock import Clock, system_clock
@@ -128,4 +129,5 @@ def create_app(
         services_api,
     ):
         app.include_router(module.router, prefix="/v1")
+    app.include_router(jobs_api.router, prefix="/v1")
     return app

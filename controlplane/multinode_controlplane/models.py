@@ -257,6 +257,26 @@ class FireRow(SQLModel, table=True):
     dispatched_at: float  # when the scheduler acted on it (lateness = this - fire_time)
 
 
+class JobRow(SQLModel, table=True):
+    """What a job adds to its call: the latest value its generator yielded (opaque bytes).
+
+    One row per call of a function whose spec has kind "job", written with the call; the
+    call row stays the source of truth for status, result and error. ``(progress_fence,
+    progress_seq)`` orders updates so an older one never replaces a newer one.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_app_created", "app_id", "created_at"),)
+
+    call_id: str = Field(primary_key=True, foreign_key="calls.id")
+    app_id: int = Field(foreign_key="apps.id")
+    created_at: float
+    progress: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    progress_fence: int = 0
+    progress_seq: int = 0
+    progress_at: float | None = None
+
+
 owners = OwnerRow.__table__
 api_keys = ApiKeyRow.__table__
 apps = AppRow.__table__
@@ -270,3 +290,4 @@ logs = LogRow.__table__
 service_replicas = ServiceReplicaRow.__table__
 schedules = ScheduleRow.__table__
 schedule_fires = FireRow.__table__
+jobs = JobRow.__table__

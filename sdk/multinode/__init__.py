@@ -5,6 +5,9 @@
     @mn.function(cpu=16)
     def crunch(x): ...
 
+    @mn.job(cpu=4)
+    def process(data): ...  # process.start(data) -> job id; process.get(job_id)
+
 Then ``mn deploy app.py`` and ``crunch.map(range(1000))``. Importing this package is
 cheap: cloudpickle, httpx and rich load only when a call, map or deploy needs them.
 """
@@ -32,8 +35,10 @@ from multinode.errors import (
     ServiceNotReadyError,
 )
 from multinode.functions import Function, function, get_call, get_function
+from multinode.jobs import Job, JobRun, get_job, job
 from multinode.schedules import ScheduledTask, schedule, scheduled_task
 from multinode.services import Service, get_service, service
+from multinode.wire import JobStatus
 
 __all__ = [
     # functions and calls
@@ -45,6 +50,12 @@ __all__ = [
     "deploy",
     "undeploy",
     "list_instances",
+    # jobs
+    "job",
+    "Job",
+    "JobRun",
+    "JobStatus",
+    "get_job",
     # scheduled tasks
     "scheduled_task",
     "schedule",

@@ -189,6 +189,25 @@ class Client:
         response = self._request("POST", f"/calls/{call_id}/cancel")
         return wire.CallInfo.model_validate(response.json())
 
+    # ------------------------------------------------------------------ jobs
+
+    def get_job(self, job_id: str) -> wire.JobInfo:
+        """Raises NotFoundError for an unknown id, InvalidRequestError for a non-job call."""
+        return wire.JobInfo.model_validate_json(self._request("GET", f"/jobs/{job_id}").content)
+
+    def list_jobs(
+        self, *, app: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[wire.JobInfo]:
+        params = _params(app=app, status=status, limit=limit)
+        return [
+            wire.JobInfo.model_validate(item)
+            for item in self._request("GET", "/jobs", params=params).json()
+        ]
+
+    def cancel_job(self, job_id: str) -> wire.JobInfo:
+        response = self._request("POST", f"/jobs/{job_id}/cancel")
+        return wire.JobInfo.model_validate_json(response.content)
+
     # ------------------------------------------------------------------ logs and instances
 
     def logs(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from multinode import wire
 from multinode.errors import InvalidRequestError
@@ -52,17 +52,20 @@ def build_spec(
     retries: Any = 0,
     max_workers: Any = 10,
     cooldown: Any = 60,
-    decorator: str = "mn.function",
+    kind: Literal["function", "job", "service"] = "function",
 ) -> wire.FunctionSpec:
     """Validate decorator arguments for ``func_name`` and return its spec.
+
+    ``kind`` is recorded in the spec and names the decorator (``@mn.job``) in messages.
 
     Raises:
         InvalidRequestError: an argument is of the wrong type or out of range; the message
             names the argument and shows a correct form.
     """
-    where = f"@{decorator}(...) on {func_name}"
+    where = f"@mn.{kind}(...) on {func_name}"
     gpu_type, gpu_count = parse_gpu(gpu, where=where)
     return wire.FunctionSpec(
+        kind=kind,
         cpu=parse_cpu(cpu, where=where),
         memory_mib=parse_memory(memory, where=where),
         gpu_type=gpu_type,

@@ -327,9 +327,11 @@ def instances_command(
 
 @_command("cancel")
 def cancel_command(call_id: Annotated[str, typer.Argument(metavar="CALL_ID")]) -> None:
-    """Cancel a call."""
+    """Cancel a call or a job run (a running one is stopped within seconds)."""
     info = _client().cancel_call(call_id)
-    out.print(f"call {info.id}: {info.status.value}")
+    # A running call ends once its agent has stopped it, within seconds.
+    state = "cancelling" if info.status is wire.CallStatus.running else info.status.value
+    out.print(f"call {info.id}: {state}")
 
 
 @_command("undeploy")
@@ -454,6 +456,7 @@ def _mib(value: int) -> str:
 
 
 # `mn dict ...` lives in its own module; registered here so `mn --help` lists it.
+import multinode._job_cli  # noqa: E402,F401  (registers `mn jobs`)
 import multinode._schedule_cli  # noqa: E402,F401  (registers the schedule commands)
 import multinode._service_cli  # noqa: E402,F401  (registers `mn services`)
 from multinode._dict_cli import dict_app  # noqa: E402

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from multinode import wire
 from multinode._calls import (
@@ -248,23 +248,7 @@ def function(
         "max_workers": max_workers,
         "cooldown": cooldown,
     }
-    if _func is not None:
-        if not callable(_func):
-            raise InvalidRequestError(
-                f"@mn.function got {_func!r} instead of a function; pass options by keyword, "
-                "e.g. @mn.function(cpu=4)"
-            )
-        changed = [name for name, value in options.items() if value != _DEFAULTS[name]]
-        if changed:
-            raise InvalidRequestError(
-                "use @mn.function(...) as a decorator: write @mn.function("
-                + ", ".join(f"{name}={options[name]!r}" for name in changed)
-                + f") above def {getattr(_func, '__name__', 'f')}, not mn.function(f, ...)"
-            )
-        return _decorate(_func, options)
-    # Validate now so a bad option fails at the decorator line even if never applied.
-    build_spec("the decorated function", **options)
-    return lambda func: _decorate(func, options)
+    return make_decorator(_func, options, defaults=_DEFAULTS, cls=Function, kind="function")
 
 
 _DEFAULTS: dict[str, Any] = {
@@ -276,6 +260,41 @@ _DEFAULTS: dict[str, Any] = {
     "max_workers": 10,
     "cooldown": 60,
 }
+
+
+def make_decorator(
+    func: Callable[..., Any] | None,
+    options: dict[str, Any],
+    *,
+    defaults: dict[str, Any],
+    cls: type[Function[Any]],
+    kind: Literal["function", "job", "service"],
+) -> Any:
+    """The body of ``@mn.<kind>``, used bare (``func`` given) or with options.
+
+    Returns the handle (``cls``) when ``func`` is given, else the decorator. Options are
+    validated here, so a bad one fails at the decorator line even if never applied.
+
+    Raises:
+        InvalidRequestError: a bad option, options passed with ``func``, or a ``func``
+            that is not a plain ``def`` function; each message has the fix.
+    """
+    if func is not None:
+        if not callable(func):
+            raise InvalidRequestError(
+                f"@mn.{kind} got {func!r} instead of a function; pass options by keyword, "
+                f"e.g. @mn.{kind}(cpu=4)"
+            )
+        changed = [name for name, value in options.items() if value != defaults[name]]
+        if changed:
+            raise InvalidRequestError(
+                f"use @mn.{kind}(...) as a decorator: write @mn.{kind}("
+                + ", ".join(f"{name}={options[name]!r}" for name in changed)
+                + f") above def {getattr(func, '__name__', 'f')}, not mn.{kind}(f, ...)"
+            )
+        return _decorate(func, options, cls=cls, kind=kind)
+    build_spec("the decorated function", kind=kind, **options)
+    return lambda f: _decorate(f, options, cls=cls, kind=kind)
 
 
 def get_function(app: str, name: str) -> Function[Any]:
@@ -304,20 +323,28 @@ def registered_functions(module_name: str) -> dict[str, Function[Any]]:
     return dict(_REGISTRY.get(module_name, {}))
 
 
-def _decorate(func: Any, options: dict[str, Any]) -> Function[Any]:
+def _decorate(
+    func: Any,
+    options: dict[str, Any],
+    *,
+    cls: type[Function[Any]],
+    kind: Literal["function", "job", "service"],
+) -> Function[Any]:
     if isinstance(func, Function):
-        raise InvalidRequestError(f"{func.name} is decorated with @mn.function twice; keep one")
+        first = func.spec.kind
+        twice = f"with @mn.{kind} twice" if first == kind else f"with @mn.{first} and @mn.{kind}"
+        raise InvalidRequestError(f"{func.name} is decorated {twice}; keep one")
     if not callable(func):
         raise InvalidRequestError(
-            f"@mn.function(...) decorates functions, not {type(func).__name__} {func!r}"
+            f"@mn.{kind}(...) decorates functions, not {type(func).__name__} {func!r}"
         )
     name = getattr(func, "__name__", "")
     if not _NAME_RE.match(name):
         raise InvalidRequestError(
-            f"@mn.function needs a function defined with `def` and a plain name, not {name!r}; "
+            f"@mn.{kind} needs a function defined with `def` and a plain name, not {name!r}; "
             "write `def my_func(...):` instead of a lambda"
         )
-    handle: Function[Any] = Function(func, name=name, spec=build_spec(name, **options))
+    handle = cls(func, name=name, spec=build_spec(name, kind=kind, **options))
     _REGISTRY.setdefault(getattr(func, "__module__", None) or "__main__", {})[name] = handle
     return handle
 

@@ -122,7 +122,7 @@ def service(
         replicas, arg="replicas", where=where, low=1, high=100, example="replicas=2"
     )
     resources = {"cpu": cpu, "memory": memory, "gpu": gpu}
-    base = build_spec("the decorated function", decorator="mn.service", **resources)
+    base = build_spec("the decorated function", kind="service", **resources)
 
     def decorate(fn: Callable[..., Any]) -> Service:
         name = getattr(fn, "__name__", "")

@@ -264,7 +264,9 @@ class Assignment(BaseModel):
     cpu: float
     python_version: str = Field(description="interpreter that pickled the function and input")
     cloudpickle_version: str
-    kind: Literal["function", "job", "service"] = "function"
+    kind: Literal["function", "job", "service"] = Field(
+        "function", description="the function's kind; a job's generator reports progress"
+    )
     port: int | None = Field(None, description="service: the port its process listens on")
 
 
@@ -325,6 +327,9 @@ class ReportRequest(BaseModel):
         "calls are queued again without spending retries",
     )
     prefetch: bool = Field(False, description="as in PollRequest, for the refill")
+    progress: list[AttemptProgress] = Field(
+        default_factory=list, description="the latest value each running job yielded"
+    )
 
 
 class ReportResponse(BaseModel):
@@ -406,6 +411,64 @@ class TriggerResponse(BaseModel):
 
 DeployRequest.model_rebuild()
 CallsCreated.model_rebuild()  # it refers to CallOutput, defined after it
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+class JobStatus(str, Enum):
+    """A job run's status, derived from its call (see ``docs/jobs.md``)."""
+
+    pending = "pending"  # queued, waiting for capacity
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"  # raised, timed out, or could not be run
+    cancelling = "cancelling"  # cancel requested; its process has not ended yet
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class AttemptProgress(BaseModel):
+    """The latest value a running job's generator yielded, pickled by the worker.
+
+    ``(fence, seq)`` orders updates: the control plane keeps an update only if it is newer
+    than the one it holds, so a retried or late report never goes back in time.
+    """
+
+    attempt_id: str
+    fence: int
+    seq: int = Field(ge=1, description="1 for the first value this attempt yielded")
+    value: Base64Bytes
+
+
+class JobInfo(BaseModel):
+    """One run of a job (``GET /v1/jobs/{id}``); its id is the id of its call."""
+
+    id: str
+    app: str
+    function: str = Field(description="the job's name within its app")
+    version: int
+    status: JobStatus
+    call_status: CallStatus = Field(description="the underlying call's status")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    result: Base64Bytes | None = Field(
+        None,
+        description="pickled: the final result once succeeded, otherwise the latest value"
+        " the job yielded (None before the first)",
+    )
+    result_at: datetime | None = Field(None, description="when `result` last changed")
+    yields: int = Field(0, description="values yielded so far by the latest attempt")
+    error: CallError | None = Field(None, description="the user's exception when failed")
+    reason: str | None = Field(None, description="why it failed or was cancelled")
+
+
+ReportRequest.model_rebuild()  # it refers to AttemptProgress, defined after it
 
 
 # ---------------------------------------------------------------------------- dicts

@@ -31,6 +31,8 @@ def make_job(
     python_version: str | None = None,
     cloudpickle_version: str | None = None,
     env: dict[str, str] | None = None,
+    kind: str = "function",
+    progress_interval_s: float = 0.5,
     **kwargs: Any,
 ) -> Job:
     blob_hash, blob = blob_of(func)
@@ -44,6 +46,8 @@ def make_job(
         python_version=python_version or platform.python_version(),
         cloudpickle_version=cloudpickle_version or cloudpickle.__version__,
         env=env or {},
+        kind=kind,
+        progress_interval_s=progress_interval_s,
     )
 
 

@@ -75,3 +75,47 @@ def announce_then_sleep(seconds: float, *, ignore_sigterm: bool = False) -> None
 
 def exit_hard(code: int) -> None:
     os._exit(code)
+
+
+# ---------------------------------------------------------------------------- jobs
+
+
+def count_to(n: int):  # type: ignore[no-untyped-def]
+    yield from range(1, n + 1)
+
+
+def count_and_return(n: int):  # type: ignore[no-untyped-def]
+    yield from range(n)
+    return f"{n} done"
+
+
+def yield_twice_then_wait(release: str, *, bound_s: float = 30.0):  # type: ignore[no-untyped-def]
+    """Yield two values at once, then block until ``release`` exists."""
+    yield "first"
+    yield "second"
+    deadline = time.monotonic() + bound_s
+    while not Path(release).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def yield_fast(seconds: float):  # type: ignore[no-untyped-def]
+    """Yield increasing integers as fast as possible for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < deadline:
+        i += 1
+        yield i
+
+
+def yield_unpicklable(marker: str):  # type: ignore[no-untyped-def]
+    try:
+        yield 1
+        yield threading.Lock()
+        yield 3
+    finally:
+        Path(marker).write_text("closed")
+
+
+def yield_then_fail():  # type: ignore[no-untyped-def]
+    yield "half"
+    raise CustomError("broke at half")

@@ -33,6 +33,19 @@ def wait_until(
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def http_ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1.0).status_code < 500

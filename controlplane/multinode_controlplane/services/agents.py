@@ -13,7 +13,7 @@ from multinode.errors import AuthError, ConflictError
 from multinode_controlplane import models as m
 from multinode_controlplane.domain import states
 from multinode_controlplane.domain.tokens import hash_token, new_token
-from multinode_controlplane.services import service_replicas
+from multinode_controlplane.services import jobs, service_replicas
 from multinode_controlplane.services.auth import Principal, require_agent
 from multinode_controlplane.services.claims import claim
 from multinode_controlplane.services.context import Context
@@ -126,9 +126,9 @@ async def poll(ctx: Context, principal: Principal, req: wire.PollRequest) -> wir
 
 
 def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.ReportResponse:
-    """Apply results and store log lines, in one transaction.
+    """Apply results, keep jobs' progress and store log lines, in one transaction.
 
-    A result is accepted only for an attempt of this instance that is still running and
+    A result (or a job's progress) is accepted only for an attempt of this instance that is still running and
     whose fence is the call's current one; others are listed in ``rejected``. A failure
     or timeout requeues the call while the function's ``retries`` last.
     """
@@ -141,6 +141,7 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
         | {log.attempt_id for log in req.logs}
         | {event.attempt_id for event in req.services}
         | set(req.released)
+        | {p.attempt_id for p in req.progress}
     )
     rejected: list[str] = []
     finished: list[str] = []
@@ -175,17 +176,21 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
                 .where(a.id.in_(ids[start : start + _CHUNK]))
             ):
                 rows[row.id] = row
+        # Progress first: it is only taken from attempts still running, which a result
+        # in this same report may end. Stale progress is dropped without a word.
+        jobs.record_progress(
+            session,
+            [
+                (rows[p.attempt_id].call_id, p)
+                for p in req.progress
+                if _is_current(rows.get(p.attempt_id), instance_id, p.attempt_id, p.fence)
+            ],
+            now=now,
+        )
         attempt_updates, call_updates = [], []
         for result in req.results:
             row = rows.get(result.attempt_id)
-            if (
-                row is None
-                or row.instance_id != instance_id
-                or row.attempt_status != "running"
-                or row.fence != result.fence
-                or row.current_attempt_id != result.attempt_id
-                or row.status != states.RUNNING
-            ):
+            if not _is_current(row, instance_id, result.attempt_id, result.fence):
                 rejected.append(result.attempt_id)
                 continue
             update_row = _apply_result(result, row, now, max_infra)
@@ -279,6 +284,19 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
         # poll may claim whatever arrives next.
         ctx.notifier.instance_changed([instance_id])
     return wire.ReportResponse.model_construct(rejected=rejected, assignments=assignments)
+
+
+def _is_current(row, instance_id: str, attempt_id: str, fence: int) -> bool:  # type: ignore[no-untyped-def]
+    """Whether ``row`` is a running attempt of this instance, holding its call's current
+    attempt and fence: the only one whose results and progress are taken."""
+    return (
+        row is not None
+        and row.instance_id == instance_id
+        and row.attempt_status == "running"
+        and row.fence == fence
+        and row.current_attempt_id == attempt_id
+        and row.status == states.RUNNING
+    )
 
 
 def _claim_for(

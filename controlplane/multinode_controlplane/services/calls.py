@@ -67,6 +67,12 @@ def create_calls(ctx: Context, principal: Principal, req: wire.CallsCreate) -> w
                 for call_id, data in zip(ids, req.inputs, strict=True)
             ],
         )
+        if spec.kind == "job":
+            # What a job adds to its call (its progress) lives in its own row: services/jobs.py.
+            session.execute(
+                insert(m.jobs),
+                [{"call_id": call_id, "app_id": app.id, "created_at": now} for call_id in ids],
+            )
         app_id, version = app.id, deployment.version
     ctx.notifier.calls_created(app_id)
     return wire.CallsCreated(app=req.app, function=req.function, version=version, call_ids=ids)
