@@ -16,7 +16,8 @@ PG_ADMIN_URL = os.environ.get("MN_TEST_POSTGRES_URL", "postgresql://postgres@127
 
 @pytest.fixture(scope="session")
 def aws_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a real moto server process shared by the session, with dummy credentials set."""
+    """URL of the local cloud's AWS emulator (a real moto server process) shared by the
+    session, with dummy credentials set."""
     for key, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

@@ -165,7 +165,7 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
             args = [
                 sys.executable,
                 "-m",
-                "moto.server",
+                "multinode_provisioner.emulator",
                 "-H",
                 "127.0.0.1",
                 "-p",
@@ -177,7 +177,7 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
                 args,
                 env=_aws_env(aws_url),
                 log=logs / "aws.log",
-                marker="moto.server",
+                marker="multinode_provisioner.emulator",
             )
             _wait_healthy(state, "aws", f"{aws_url}/moto-api/", logs / "aws.log")
             echo(f"AWS endpoint: embedded emulator on {aws_url}")

@@ -99,9 +99,18 @@ def running(
 
 @contextlib.contextmanager
 def moto_server(log_dir: Path) -> Iterator[str]:
-    """A real AWS emulator server (moto) on a free loopback port; yields its endpoint URL."""
+    """The local cloud's AWS emulator (moto's server, DynamoDB requests applied one at a
+    time, as DynamoDB applies them atomically) on a free loopback port; yields its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    args = [
+        sys.executable,
+        "-m",
+        "multinode_provisioner.emulator",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     with running(args, ready_url=f"{url}/moto-api/", log=log_dir / f"moto-{port}.log"):
         yield url
