@@ -18,7 +18,11 @@ router = APIRouter(prefix="/calls", tags=["calls"])
 
 
 @router.post("")
-async def create_calls(body: wire.CallsCreate, ctx: CtxDep, principal: PrincipalDep) -> Response:
+async def create_calls(
+    ctx: CtxDep,
+    principal: PrincipalDep,
+    body: Annotated[wire.CallsCreate, json_body(wire.CallsCreate)],
+) -> Response:
     return json_response(await calls.create_and_wait(ctx, principal, body))
 
 
