@@ -1,4 +1,8 @@
-"""The VM runner against the real emulator: boots user-data, stops what EC2 ends."""
+"""The VM runner against the real emulator: boots user-data, stops what EC2 ends.
+
+Every test runs with VMs in network namespaces (when this machine allows it) and as plain
+processes; tests/provisioner/test_vmhost.py covers what only namespaces do.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from multinode_provisioner.aws import EC2Compute
 from multinode_provisioner.compute import LaunchRequest
 from multinode_provisioner.settings import AwsSettings
 from multinode_provisioner.vmrunner import VMRunner
+from tests.provisioner.conftest import ISOLATIONS
 from tests.support.procs import stop_process, wait_until
 
 
@@ -44,13 +49,12 @@ def _state(ec2: Any, instance_id: str) -> str:
     ]["Name"]
 
 
-@pytest.fixture
-def runner(ec2: Any, cluster: str, tmp_path: Path) -> Iterator[VMRunner]:
-    r = VMRunner(ec2, cluster=cluster, state_dir=tmp_path / "vms", grace=5.0)
-    try:
+@pytest.fixture(params=ISOLATIONS)
+def runner(ec2: Any, cluster: str, tmp_path: Path, request: Any) -> Iterator[VMRunner]:
+    with VMRunner(
+        ec2, cluster=cluster, state_dir=tmp_path / "vms", grace=5.0, isolation=request.param
+    ) as r:
         yield r
-    finally:
-        r.stop_all()
 
 
 def test_boots_user_data_and_stops_it_when_ec2_terminates(
@@ -138,8 +142,9 @@ def test_only_its_own_cluster_and_live_instances_are_booted(
     assert not (tmp_path / "vms" / ended.cloud_id).exists()
 
 
+@pytest.mark.parametrize("isolation", ISOLATIONS)
 def test_entry_point_stops_its_vms_on_sigterm(
-    aws_endpoint: str, settings: AwsSettings, cluster: str, tmp_path: Path
+    aws_endpoint: str, settings: AwsSettings, cluster: str, tmp_path: Path, isolation: str
 ) -> None:
     out = tmp_path / "runner.log"
     args = [
@@ -151,14 +156,17 @@ def test_entry_point_stops_its_vms_on_sigterm(
         "--endpoint-url",
         aws_endpoint,
     ]
-    env = {**os.environ, "MN_VM_CLUSTER": cluster}
+    env = {**os.environ, "MN_VM_CLUSTER": cluster, "MN_VM_ISOLATION": isolation}
     with open(out, "wb") as log:
         proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     try:
+        start_line = {"namespaces": "network namespaces", "processes": "plain processes"}
         wait_until(
-            lambda: "plain processes" in out.read_text(), timeout=30, what="the runner's start line"
+            lambda: start_line[isolation] in out.read_text(),
+            timeout=30,
+            what="the runner's start line",
         )
         marker = tmp_path / "booted"
         EC2Compute(settings).launch(
@@ -175,5 +183,6 @@ def test_entry_point_stops_its_vms_on_sigterm(
         os.kill(proc.pid, signal.SIGTERM)  # the runner alone: it must stop its VMs itself
         assert proc.wait(timeout=30) == 0, out.read_text()
         assert not _alive(vm_pid)
+        assert not (tmp_path / "vms" / "runner.json").exists()  # nothing left to clean up
     finally:
         stop_process(proc)
