@@ -276,3 +276,18 @@ def test_processes_mode_tells_the_vm_it_shares_the_host_network(
         r.run_once()
         _pid, address, isolated = _read_marker(tmp_path / "vm")
     assert (address, isolated) == ("127.0.0.1", "0")
+
+
+def test_two_runners_get_their_own_bridges_and_closing_one_spares_the_other(
+    ec2: Any, cluster: str, tmp_path: Path
+) -> None:
+    with VMRunner(ec2, cluster=cluster, state_dir=tmp_path / "a", isolation="namespaces"):
+        b = VMRunner(ec2, cluster=cluster + "-b", state_dir=tmp_path / "b", isolation="namespaces")
+        record_b = read_record(tmp_path / "b")
+        b.close()
+        record_a = read_record(tmp_path / "a")
+        assert record_a is not None and record_b is not None
+        assert record_a["bridge"] != record_b["bridge"]
+        assert record_a["subnet"] != record_b["subnet"]
+        links = _ip("-br", "link")
+        assert record_a["bridge"] in links and record_b["bridge"] not in links

@@ -20,7 +20,7 @@ import pytest
 from multinode_provisioner.aws import EC2Compute
 from multinode_provisioner.compute import LaunchRequest
 from multinode_provisioner.settings import AwsSettings
-from multinode_provisioner.vmrunner import VMRunner
+from multinode_provisioner.vmrunner import VMRunner, loopback_ports
 from tests.provisioner.conftest import ISOLATIONS
 from tests.support.procs import stop_process, wait_until
 
@@ -186,3 +186,13 @@ def test_entry_point_stops_its_vms_on_sigterm(
         assert not (tmp_path / "vms" / "runner.json").exists()  # nothing left to clean up
     finally:
         stop_process(proc)
+
+
+def test_loopback_aws_endpoints_in_the_environment_are_relayed() -> None:
+    env = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:4566",
+        "AWS_ENDPOINT_URL_DYNAMODB": "http://localhost:8000/",
+        "AWS_ENDPOINT_URL_S3": "https://s3.example.com:9000",  # not on this host's loopback
+        "MN_URL": "http://127.0.0.1:7600",  # not an AWS endpoint: the local cloud names it
+    }
+    assert loopback_ports(env) == {4566, 8000}
