@@ -3,9 +3,9 @@ inside a VM's network namespace, where 127.0.0.1:<port> is relayed to the host.
 
 Starts its own local cloud (emulator, control plane) on free ports under a temporary
 MN_HOME for the control plane to probe, a bulk-data server, and its own VM runner in
-namespaces mode (needs root) relaying both ports. Each probe runs once on the host and
-once in a fresh VM; while a VM's probe runs, this process does nothing but relay, so its
-CPU time then is the relay's.
+namespaces mode (needs root) relaying both ports, polling EC2 every 0.1 s as `mn up`'s
+does. Each probe runs once on the host and once in a fresh VM; the relay's CPU time is
+read from its thread's /proc entry.
 
     .venv/bin/python bench/bench_relay.py [--requests 2000] [--connections 500] [--mib 512]
 
@@ -18,10 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -86,9 +86,10 @@ while True:
 """
 
 
-def cpu_now() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def thread_cpu_s(native_id: int) -> float:
+    """User + system CPU time of one thread of this process."""
+    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -146,14 +147,19 @@ def main() -> int:
             endpoint_url=state["aws_endpoint"],
             cluster=cluster,
         )
-        with VMRunner(
+        runner = VMRunner(
             ec2,
             cluster=cluster,
             state_dir=tmp / "vms",
             isolation="namespaces",
             relay_ports=[cp, bulk_port],
-        ) as runner:
-            summary = runner.isolation.summary
+        )
+        summary = runner.isolation.summary
+        relay_thread = runner.isolation.relay._thread.native_id  # type: ignore[attr-defined]
+        stop = threading.Event()
+        loop = threading.Thread(target=runner.run_forever, args=(stop,))
+        loop.start()
+        try:
             for phase, port, count in phases:
                 out = tmp / f"vm-{phase}.json"
                 command = f'"$MN_PYTHON" {probe} {phase} {port} {count} {out}'
@@ -164,15 +170,17 @@ def main() -> int:
                         user_data=f"#!/bin/bash\nset -e\n{command}\n",
                     )
                 )
-                runner.run_once()  # boots it; from here on this process only relays
-                cpu = cpu_now()
+                cpu = thread_cpu_s(relay_thread)
                 deadline = time.monotonic() + 600
                 while not out.exists():
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"the {phase} probe never finished: {tmp / 'vms'}")
                     time.sleep(0.05)
-                vm[phase] = {**json.loads(out.read_text()), "relay_cpu_s": cpu_now() - cpu}
-                runner.run_once()  # its exit terminates the instance
+                relay_cpu = thread_cpu_s(relay_thread) - cpu
+                vm[phase] = {**json.loads(out.read_text()), "relay_cpu_s": relay_cpu}
+        finally:
+            stop.set()
+            loop.join()
     finally:
         bulk.kill()
         bulk.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 from multinode_provisioner.aws import EC2Compute
 from multinode_provisioner.compute import LaunchRequest
 from multinode_provisioner.settings import AwsSettings
+from multinode_provisioner.vmhost import IsolationError, open_isolation
 from multinode_provisioner.vmrunner import VMRunner, loopback_ports
 from tests.provisioner.conftest import ISOLATIONS
 from tests.support.procs import stop_process, wait_until
@@ -196,3 +198,41 @@ def test_loopback_aws_endpoints_in_the_environment_are_relayed() -> None:
         "MN_URL": "http://127.0.0.1:7600",  # not an AWS endpoint: the local cloud names it
     }
     assert loopback_ports(env) == {4566, 8000}
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux's setpriv")
+def test_when_namespaces_cannot_be_made_vms_are_plain_processes_and_the_runner_says_why(
+    aws_endpoint: str, cluster: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "runner.log"
+    # Without CAP_NET_ADMIN, as in a container, root cannot make a bridge.
+    args = ["setpriv", "--bounding-set", "-net_admin", "--", sys.executable]
+    args += ["-m", "multinode_provisioner.vmrunner", "--state-dir", str(tmp_path / "vms")]
+    env = {**os.environ, "MN_VM_CLUSTER": cluster, "AWS_ENDPOINT_URL": aws_endpoint}
+    with open(out, "wb") as log:
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        wait_until(lambda: "runner:" in out.read_text(), timeout=30, what="the start line")
+    finally:
+        stop_process(proc, grace=30)  # it exits once its current EC2 request returns
+    (line,) = [line for line in out.read_text().splitlines() if "VMs run as" in line]
+    assert "VMs run as plain processes (" in line
+    assert "): services get their port in PORT" in line
+    assert proc.returncode == 0, out.read_text()
+
+
+def test_without_root_auto_means_plain_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    isolation = open_isolation("auto", tmp_path)
+    try:
+        assert isolation.summary == (
+            "VMs run as plain processes (not root): services get their port in PORT"
+        )
+    finally:
+        isolation.close()
+    with pytest.raises(IsolationError, match="not root.*MN_VM_ISOLATION=processes"):
+        open_isolation("namespaces", tmp_path)
