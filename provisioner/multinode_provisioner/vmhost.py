@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import time
@@ -37,6 +38,8 @@ from multinode_provisioner.vmnet import (
     netns_pids,
 )
 from multinode_provisioner.vmrelay import Relay
+
+log = logging.getLogger(__name__)
 
 MODES = ("auto", "namespaces", "processes")
 RECORD_NAME = "runner.json"
@@ -215,6 +218,12 @@ class Namespaces(PlainProcesses):
         link = self.bridge.plan(instance_id)
         self._links[instance_id] = link
         it = self._catalog.get(instance_type)
+        if it is None:
+            log.warning(
+                "instance type %r is not in the catalog: VM %s gets no CPU quota",
+                instance_type,
+                instance_id,
+            )
         group = self.cgroup_parent / instance_id if self.cgroup_parent and it else None
         self._vms[instance_id] = {
             "netns": link.netns,
