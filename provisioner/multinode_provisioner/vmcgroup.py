@@ -56,14 +56,19 @@ class CpuCgroups:
         """Create the runner's parent group ``name`` (absent before) and return its path.
 
         Raises:
-            OSError: the group exists already or the hierarchy refuses it.
+            OSError: the group exists already or the hierarchy refuses it; nothing is
+                left behind.
         """
         path = self.base / name
         if self.version == 2:
             _enable_cpu(self.base)
         path.mkdir()
         if self.version == 2:
-            _enable_cpu(path)
+            try:
+                _enable_cpu(path)
+            except OSError:
+                path.rmdir()
+                raise
         return path
 
     def make_vm_group(self, parent: Path, instance_id: str, vcpus: float) -> Path:

@@ -173,36 +173,47 @@ class Namespaces(PlainProcesses):
     mode = "namespaces"
 
     def __init__(self, state_dir: Path, *, relay_ports: Iterable[int] = ()) -> None:
-        """Make the bridge, the cgroup parent (when a CPU hierarchy is writable) and the relay.
+        """Make the bridge and the relay, and the cgroup parent when a CPU hierarchy allows.
+
+        A hierarchy that refuses the parent (e.g. a container's delegated cgroup) costs
+        the CPU quotas, not the namespaces; the summary says so.
 
         Raises:
-            NetworkError, OSError: any of them could not be made; nothing is left behind.
+            NetworkError, OSError: the bridge or relay could not be made; nothing is left
+                behind.
         """
         self.state_dir = Path(state_dir)
         self._vms = {}
         self._links: dict[str, VMLink] = {}
-        self._groups: dict[str, Path] = {}
         self.bridge = Bridge.choose()
         self.cgroups = CpuCgroups.detect()
         self.cgroup_parent = (
             self.cgroups.base / f"multinode-{self.bridge.tag}" if self.cgroups else None
         )
+        self._no_quota = "no writable cgroup hierarchy with the cpu controller"
         self.relay = Relay(relay_ports)
         self._catalog = load_catalog()
         self._parent_made = False
         super().__init__(state_dir)  # records the names before anything is made
         try:
             self.bridge.create()
-            if self.cgroups and self.cgroup_parent:
-                self.cgroups.make_parent(self.cgroup_parent.name)
-                self._parent_made = True
         except BaseException:
             self.close()
             raise
+        if self.cgroups and self.cgroup_parent:
+            try:
+                self.cgroups.make_parent(self.cgroup_parent.name)
+                self._parent_made = True
+            except OSError as exc:
+                self._no_quota = (
+                    f"cgroup v{self.cgroups.version} refused {self.cgroup_parent}: {exc}"
+                )
+                self.cgroups = self.cgroup_parent = None
+                self._save()
 
     @property
     def summary(self) -> str:
-        quota = f"cgroup v{self.cgroups.version}" if self.cgroups else "none: no writable cgroup"
+        quota = f"cgroup v{self.cgroups.version}" if self.cgroups else f"none ({self._no_quota})"
         ports = ", ".join(map(str, self.relay.ports)) or "none"
         return (
             f"VMs run in network namespaces on bridge {self.bridge.name} ({self.bridge.subnet});"
@@ -235,9 +246,7 @@ class Namespaces(PlainProcesses):
         try:
             self.bridge.attach(link)
             if group and self.cgroups and it:
-                self._groups[instance_id] = self.cgroups.make_vm_group(
-                    group.parent, instance_id, it.vcpus
-                )
+                self.cgroups.make_vm_group(group.parent, instance_id, it.vcpus)
             self.relay.add(instance_id, link.netns)
         except BaseException:
             self.release(instance_id)
@@ -268,7 +277,6 @@ class Namespaces(PlainProcesses):
         link = self._links.pop(instance_id, None)
         if link:
             self.bridge.release(link)
-        self._groups.pop(instance_id, None)
         super().release(instance_id)
 
     def close(self) -> None:
