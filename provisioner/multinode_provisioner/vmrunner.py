@@ -7,9 +7,12 @@ run it. When the API says the instance is shutting down, stopped, terminated or 
 runner stops the process group. When the process ends on its own, the runner terminates
 the instance, as EC2 does for an instance whose shutdown behaviour is ``terminate``.
 
-A VM is a plain process in its own process group (session), with its files under
-``<state dir>/<instance id>/``: ``user-data.sh`` and ``console.log``. Processes are only
-ever signalled by the ids the runner started; nothing is found by name.
+A VM is a process group (session) with its files under ``<state dir>/<instance id>/``:
+``user-data.sh`` and ``console.log``. Where it lives is ``vmhost``'s business: as root, in
+a network namespace of its own with a CPU quota; otherwise on the host's network as a
+plain process. Its environment says which (``MN_VM_ISOLATED``) and where other machines
+reach it (``MN_VM_ADDRESS``). Processes are only ever signalled by the ids the runner
+started, or as members of cgroups and namespaces it made; nothing is found by name.
 
 Run it with ``python -m multinode_provisioner.vmrunner``.
 """
@@ -27,15 +30,18 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from botocore.exceptions import ClientError
 
 from multinode_provisioner.aws import make_ec2_client
 from multinode_provisioner.compute import TAG_CLUSTER
 from multinode_provisioner.settings import DEFAULT_CLUSTER
+from multinode_provisioner.vmhost import MODES, IsolationError, clean_up, open_isolation
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +76,10 @@ class _VM:
 class VMRunner:
     """Reconciles EC2 instances of one cluster with local processes.
 
-    Not thread-safe: call :meth:`run_once`, :meth:`run_forever` and :meth:`stop_all` from
-    one thread.
+    Creating a runner sets up its isolation (bridge, cgroup parent, relay, record);
+    :meth:`close` (or leaving a ``with`` block) stops its VMs and removes all of it.
+    Not thread-safe: call :meth:`run_once`, :meth:`run_forever`, :meth:`stop_all` and
+    :meth:`close` from one thread.
     """
 
     def __init__(
@@ -83,6 +91,8 @@ class VMRunner:
         interval: float = 0.1,
         grace: float = 5.0,
         python: str = sys.executable,
+        isolation: str = "auto",
+        relay_ports: tuple[int, ...] | list[int] = (),
     ) -> None:
         """Create a runner.
 
@@ -94,6 +104,13 @@ class VMRunner:
             grace: seconds between SIGTERM and SIGKILL when stopping a VM.
             python: interpreter whose directory is put first on the VMs' ``PATH`` and
                 which is exported as ``MN_PYTHON``.
+            isolation: ``auto``, ``namespaces`` or ``processes`` (see ``vmhost``).
+            relay_ports: host loopback ports that VMs in namespaces reach at
+                ``127.0.0.1:<port>`` (the control plane, the AWS endpoint).
+
+        Raises:
+            IsolationError: ``namespaces`` cannot be had, or another live runner uses
+                ``state_dir``.
         """
         self.client = client
         self.cluster = cluster
@@ -104,6 +121,22 @@ class VMRunner:
         self._vms: dict[str, _VM] = {}
         # Instances booted once already: user-data runs only on first boot, as on EC2.
         self._booted_once: set[str] = set()
+        self.isolation = open_isolation(isolation, self.state_dir, relay_ports=relay_ports)
+
+    def __enter__(self) -> VMRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def isolated(self) -> bool:
+        """True when VMs get their own network namespaces."""
+        return self.isolation.mode == "namespaces"
+
+    def address(self, instance_id: str) -> str | None:
+        """Where the host and other VMs reach ``instance_id`` (its ``MN_VM_ADDRESS``)."""
+        return self.isolation.address(instance_id) if instance_id in self._vms else None
 
     @property
     def pids(self) -> dict[str, int]:
@@ -125,7 +158,7 @@ class VMRunner:
         return result
 
     def run_forever(self, stop_event: threading.Event) -> None:
-        """Reconcile every ``interval`` seconds until ``stop_event`` is set, then stop all VMs.
+        """Reconcile every ``interval`` seconds until ``stop_event`` is set, then :meth:`close`.
 
         A failing pass (e.g. the emulator restarting) is logged and the loop goes on.
         """
@@ -137,14 +170,20 @@ class VMRunner:
                     log.exception("VM runner pass failed")
                 stop_event.wait(self.interval)
         finally:
-            self.stop_all()
+            self.close()
 
     def stop_all(self) -> list[str]:
-        """Stop every VM process this runner started; returns their instance ids."""
+        """Stop every VM this runner started and release its namespace; returns their ids."""
         vms = list(self._vms.values())
         self._stop(vms)
-        self._vms.clear()
+        for vm in vms:
+            self._forget(vm)
         return [vm.instance_id for vm in vms]
+
+    def close(self) -> None:
+        """Stop every VM, then remove the bridge, cgroups, relay and record. Idempotent."""
+        self.stop_all()
+        self.isolation.close()
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -156,7 +195,7 @@ class VMRunner:
         ]
         self._stop(ended)
         for vm in ended:
-            del self._vms[vm.instance_id]
+            self._forget(vm)
             result.stopped.append(vm.instance_id)
 
     def _terminate_exited(self, result: ReconcileResult) -> None:
@@ -169,7 +208,7 @@ class VMRunner:
                 self._kill_group(vm, signal.SIGKILL)
                 log.info("VM %s exited with %s; terminating the instance", vm.instance_id, code)
             if self._terminate(vm.instance_id):
-                del self._vms[vm.instance_id]
+                self._forget(vm)
                 result.exited.append(vm.instance_id)
 
     def _boot_new(self, states: dict[str, tuple[str, str]], result: ReconcileResult) -> None:
@@ -205,33 +244,48 @@ class VMRunner:
         encoded = answer.get("UserData", {}).get("Value") or ""
         directory = self.state_dir / instance_id
         directory.mkdir(parents=True, exist_ok=True)
-        self._booted_once.add(instance_id)
         if not encoded:
             log.info("VM %s has no user-data; it idles like a bare VM", instance_id)
+            self._booted_once.add(instance_id)
             self._vms[instance_id] = _VM(instance_id, instance_type, directory, None)
             return True
         script = directory / "user-data.sh"
         script.write_bytes(base64.b64decode(encoded))
+        try:
+            placement = self.isolation.place(instance_id, instance_type, script)
+        except Exception:  # e.g. no address left: the instance waits, the next pass retries
+            log.exception("could not prepare VM %s; will retry", instance_id)
+            return False
         env = dict(os.environ)
         env["PATH"] = os.path.dirname(self.python) + os.pathsep + env.get("PATH", os.defpath)
         env["MN_PYTHON"] = self.python
         env["MN_VM_INSTANCE_ID"] = instance_id
         env["MN_VM_INSTANCE_TYPE"] = instance_type
-        # A plain process shares the host's ports and address.
-        env["MN_VM_ADDRESS"] = "127.0.0.1"
-        env["MN_VM_ISOLATED"] = "0"
-        with open(directory / "console.log", "ab") as console:
-            proc = subprocess.Popen(
-                ["bash", str(script)],
-                cwd=directory,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, so stopping it reaches its children
-            )
+        env.update(placement.env)
+        try:
+            with open(directory / "console.log", "ab") as console:
+                proc = subprocess.Popen(
+                    placement.argv,
+                    cwd=directory,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=console,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: stopping it reaches its children
+                )
+        except OSError:
+            self.isolation.release(instance_id)
+            raise
+        self._booted_once.add(instance_id)
         self._vms[instance_id] = _VM(instance_id, instance_type, directory, proc)
-        log.info("booted VM %s (%s) as pid %d", instance_id, instance_type, proc.pid)
+        self.isolation.started(instance_id, proc.pid)
+        log.info(
+            "booted VM %s (%s) as pid %d at %s",
+            instance_id,
+            instance_type,
+            proc.pid,
+            placement.env["MN_VM_ADDRESS"],
+        )
         return True
 
     def _stop(self, vms: list[_VM]) -> None:
@@ -262,12 +316,18 @@ class VMRunner:
             self._kill_group(vm, signal.SIGKILL)  # whatever else is left in its group
             log.info("stopped VM %s", vm.instance_id)
 
-    @staticmethod
-    def _kill_group(vm: _VM, sig: signal.Signals) -> None:
+    def _kill_group(self, vm: _VM, sig: signal.Signals) -> None:
+        """Signal the VM's process group and whatever else runs in its cgroup or namespace."""
         if vm.proc is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(vm.proc.pid, sig)
+        self.isolation.signal(vm.instance_id, sig)
+
+    def _forget(self, vm: _VM) -> None:
+        """Drop a stopped VM and remove its namespace, cgroup and relay."""
+        self._vms.pop(vm.instance_id, None)
+        self.isolation.release(vm.instance_id)
 
     def _terminate(self, instance_id: str) -> bool:
         try:
@@ -287,20 +347,58 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     state_dir = Path(args.state_dir or Path(tempfile.gettempdir()) / "multinode-vms" / args.cluster)
+    if args.clean_up:
+        try:
+            removed = clean_up(state_dir)
+        except IsolationError as exc:
+            print(f"multinode VM runner: {exc}", file=sys.stderr, flush=True)
+            return 1
+        print(f"removed {', '.join(removed) or 'nothing'} left in {state_dir}", flush=True)
+        return 0
+    relay_ports = sorted(set(args.relay_port) | loopback_ports(os.environ))
     client = make_ec2_client(region=args.region, endpoint_url=args.endpoint_url)
-    runner = VMRunner(
-        client, cluster=args.cluster, state_dir=state_dir, interval=args.interval, grace=args.grace
-    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    try:
+        runner = VMRunner(
+            client,
+            cluster=args.cluster,
+            state_dir=state_dir,
+            interval=args.interval,
+            grace=args.grace,
+            isolation=args.isolation,
+            relay_ports=relay_ports,
+        )
+    except IsolationError as exc:
+        print(f"multinode VM runner: {exc}", file=sys.stderr, flush=True)
+        return 1
     print(
-        f"multinode VM runner: running VMs as plain processes (no network namespaces or CPU quotas yet); "
-        f"cluster {args.cluster!r}, state in {state_dir}",
+        f"multinode VM runner: {runner.isolation.summary};"
+        f" cluster {args.cluster!r}, state in {state_dir}",
         flush=True,
     )
     runner.run_forever(stop)
     return 0
+
+
+def loopback_ports(env: Mapping[str, str]) -> set[int]:
+    """Ports of the loopback AWS endpoints in ``env`` (``AWS_ENDPOINT_URL[_<SERVICE>]``).
+
+    VMs inherit the runner's environment, so these are URLs they are given.
+    """
+    ports = set()
+    for name, value in env.items():
+        if name == "AWS_ENDPOINT_URL" or name.startswith("AWS_ENDPOINT_URL_"):
+            url = urlsplit(value)
+            with contextlib.suppress(ValueError):
+                if url.hostname in ("127.0.0.1", "localhost") and url.port:
+                    ports.add(url.port)
+    return ports
+
+
+def _ports(text: str) -> list[int]:
+    return [int(p) for p in text.replace(",", " ").split()]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -316,6 +414,27 @@ def _parser() -> argparse.ArgumentParser:
         "--state-dir",
         default=os.environ.get("MN_VM_STATE_DIR"),
         help="where VM files go (env MN_VM_STATE_DIR; default <tmp>/multinode-vms/<cluster>)",
+    )
+    p.add_argument(
+        "--isolation",
+        choices=MODES,
+        default=os.environ.get("MN_VM_ISOLATION", "auto"),
+        help="network namespaces, plain processes, or namespaces when possible"
+        " (env MN_VM_ISOLATION; default auto)",
+    )
+    p.add_argument(
+        "--relay-port",
+        type=int,
+        action="append",
+        default=_ports(os.environ.get("MN_VM_RELAY_PORTS", "")),
+        help="host port VMs in namespaces reach at 127.0.0.1:<port>; repeatable (env"
+        " MN_VM_RELAY_PORTS, comma-separated). Loopback AWS_ENDPOINT_URL* ports are added",
+    )
+    p.add_argument(
+        "--clean-up",
+        action="store_true",
+        help="remove what a stopped runner of --state-dir left (namespaces, bridge, cgroups,"
+        " VM processes) and exit",
     )
     p.add_argument("--interval", type=float, default=0.1, help="seconds between passes")
     p.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL")

@@ -7,7 +7,11 @@ Three background processes, each in its own process group, recorded with their p
   ours: never stopped), otherwise moto's server, started here;
 - the control plane on SQLite under ``$MN_HOME/local``;
 - the VM runner, which boots every instance the control plane launches as a local process
-  from its user-data, and stops it when the EC2 API says it is terminated.
+  from its user-data, and stops it when the EC2 API says it is terminated. As root, each VM
+  gets its own network namespace and a CPU quota, and the runner relays the control plane's
+  and the AWS endpoint's ports into it; otherwise VMs are plain processes and `mn up` says
+  so. Whatever a runner killed with SIGKILL left is removed by `mn down` (and the next
+  runner) from the record in ``$MN_HOME/local/vms/runner.json``.
 
 This module starts the others by module name (``python -m ...``) and never imports them,
 so the SDK stays free of the heavy side.
@@ -155,6 +159,7 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
         "logs": str(logs),
         "started_at": datetime.now(timezone.utc).isoformat(),
         "processes": {},
+        "vm_state_dir": str(config.dir / "vms"),
     }
     try:
         if config.use_existing_aws and _answers(f"{aws_url}/_localstack/health"):
@@ -220,7 +225,10 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
         runner_env = {
             **_aws_env(aws_url),
             "MN_VM_CLUSTER": CLUSTER,
-            "MN_VM_STATE_DIR": str(config.dir / "vms"),
+            "MN_VM_STATE_DIR": state["vm_state_dir"],
+            # The URLs VMs are given name these ports on 127.0.0.1; in a namespace of its
+            # own, a VM reaches them through the runner's relay.
+            "MN_VM_RELAY_PORTS": f"{config.control_plane_port},{config.aws_port}",
         }
         args = [sys.executable, "-m", "multinode_provisioner.vmrunner"]
         _spawn(
@@ -231,8 +239,8 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
             log=logs / "vmrunner.log",
             marker="multinode_provisioner.vmrunner",
         )
-        _wait_started(state, "vmrunner", logs / "vmrunner.log")
-        echo(f"VM runner: boots instances as local processes (logs in {logs})")
+        state["vms"] = _wait_for_runner(state, logs / "vmrunner.log")
+        echo(f"VM runner: {state['vms']} (logs in {logs})")
     except BaseException:
         _stop_all(state, echo=lambda _msg: None)
         raise
@@ -276,17 +284,27 @@ def _wait_healthy(state: dict, name: str, url: str, log: Path) -> None:
         time.sleep(0.05)
 
 
-def _wait_started(state: dict, name: str, log: Path) -> None:
-    """Ready when the process has written its first log line (it has no HTTP port)."""
+def _wait_for_runner(state: dict, log: Path) -> str:
+    """Wait until the VM runner has written its record; return how it runs VMs.
+
+    The runner has no HTTP port: it is ready once ``runner.json`` in its state dir names
+    its pid, which it writes after setting up its network (or choosing plain processes).
+    """
+    pid = state["processes"]["vmrunner"]["pid"]
+    record = Path(state["vm_state_dir"]) / "runner.json"
     deadline = time.monotonic() + _START_TIMEOUT_S
-    while not (log.exists() and log.stat().st_size > 0):
-        _fail_if_exited(state, name, log)
+    while True:
+        _fail_if_exited(state, "vmrunner", log)
+        with contextlib.suppress(OSError, ValueError):
+            content = json.loads(record.read_text())
+            if content.get("pid") == pid:
+                return str(content.get("summary", "running"))
         if time.monotonic() > deadline:
             raise LocalCloudError(
-                f"{name} did not start within {_START_TIMEOUT_S:.0f}s. Log: {log}"
+                f"the VM runner did not start within {_START_TIMEOUT_S:.0f}s."
+                f" Last log lines ({log}):\n{_tail(log)}"
             )
         time.sleep(0.05)
-    _fail_if_exited(state, name, log)
 
 
 def _fail_if_exited(state: dict, name: str, log: Path) -> None:
@@ -339,6 +357,31 @@ def _stop_all(state: dict, *, echo) -> None:
         if proc and _is_ours(proc):
             _stop_group(proc["pid"])
             echo(f"stopped {name} (pid {proc['pid']})")
+    _clean_up_vms(state, echo=echo)
+
+
+def _clean_up_vms(state: dict, *, echo) -> None:
+    """Remove what a VM runner that did not stop cleanly (SIGKILL, crash) left behind.
+
+    A runner that stopped cleanly removed its record; one that did not left it, naming
+    the VM processes, namespaces, bridge and cgroups to remove.
+    """
+    vm_dir = state.get("vm_state_dir")
+    if not vm_dir or not (Path(vm_dir) / "runner.json").exists():
+        return
+    args = [sys.executable, "-m", "multinode_provisioner.vmrunner", "--clean-up"]
+    try:
+        done = subprocess.run(
+            [*args, "--state-dir", vm_dir],
+            capture_output=True,
+            text=True,
+            timeout=_START_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        echo(f"cleaning up the VMs in {vm_dir} took too long; run `mn down` again")
+        return
+    echo((done.stdout + done.stderr).strip())
 
 
 def _stop_group(pid: int) -> None:
@@ -393,7 +436,7 @@ def _statuses(state: dict) -> list[ComponentStatus]:
         detail = {
             "aws": f"emulator at {state['aws_endpoint']}",
             "controlplane": state["url"],
-            "vmrunner": "boots instances as local processes",
+            "vmrunner": state.get("vms", "boots instances as local processes"),
         }[name]
         out.append(ComponentStatus(name, proc["pid"], _is_ours(proc), detail))
     return out

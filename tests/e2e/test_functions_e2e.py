@@ -183,7 +183,12 @@ def test_timeout_stops_the_call_and_kills_its_worker(app: str, tmp_path: Path) -
 def test_cancel_mid_run_ends_the_worker_within_seconds(app: str, tmp_path: Path) -> None:
     marker, release = tmp_path / "pid", tmp_path / "never"
     handle = fn(app, "wait_for").start(str(marker), str(release))
-    wait_until(marker.exists, timeout=30, what="the call to start")
+    # write_text creates the file before it writes the pid: wait for the pid itself.
+    wait_until(
+        lambda: marker.exists() and marker.read_text().isdigit(),
+        timeout=30,
+        what="the call to start",
+    )
     pid = int(marker.read_text())
     handle.cancel()
     wait_until(lambda: handle.status() is CallStatus.cancelled, timeout=10, what="cancelled")

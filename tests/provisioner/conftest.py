@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
 from typing import Any
 
@@ -9,6 +11,15 @@ import pytest
 
 from multinode_provisioner.aws import make_ec2_client
 from multinode_provisioner.settings import LOCAL_AMI, AwsSettings
+
+# Namespaces need root and iproute2; CI runs as root and must exercise them.
+CAN_NAMESPACE = os.geteuid() == 0 and shutil.which("ip") is not None
+needs_namespaces = pytest.mark.skipif(
+    not CAN_NAMESPACE and os.environ.get("CI") != "true",
+    reason="network namespaces need root and iproute2",
+)
+# The VM runner's modes every runner test runs in.
+ISOLATIONS = [pytest.param("namespaces", marks=needs_namespaces), "processes"]
 
 
 @pytest.fixture

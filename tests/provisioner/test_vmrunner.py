@@ -1,9 +1,14 @@
-"""The VM runner against the real emulator: boots user-data, stops what EC2 ends."""
+"""The VM runner against the real emulator: boots user-data, stops what EC2 ends.
+
+Every test runs with VMs in network namespaces (when this machine allows it) and as plain
+processes; tests/provisioner/test_vmhost.py covers what only namespaces do.
+"""
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +21,9 @@ import pytest
 from multinode_provisioner.aws import EC2Compute
 from multinode_provisioner.compute import LaunchRequest
 from multinode_provisioner.settings import AwsSettings
-from multinode_provisioner.vmrunner import VMRunner
+from multinode_provisioner.vmhost import IsolationError, open_isolation
+from multinode_provisioner.vmrunner import VMRunner, loopback_ports
+from tests.provisioner.conftest import ISOLATIONS
 from tests.support.procs import stop_process, wait_until
 
 
@@ -44,13 +51,12 @@ def _state(ec2: Any, instance_id: str) -> str:
     ]["Name"]
 
 
-@pytest.fixture
-def runner(ec2: Any, cluster: str, tmp_path: Path) -> Iterator[VMRunner]:
-    r = VMRunner(ec2, cluster=cluster, state_dir=tmp_path / "vms", grace=5.0)
-    try:
+@pytest.fixture(params=ISOLATIONS)
+def runner(ec2: Any, cluster: str, tmp_path: Path, request: Any) -> Iterator[VMRunner]:
+    with VMRunner(
+        ec2, cluster=cluster, state_dir=tmp_path / "vms", grace=5.0, isolation=request.param
+    ) as r:
         yield r
-    finally:
-        r.stop_all()
 
 
 def test_boots_user_data_and_stops_it_when_ec2_terminates(
@@ -138,8 +144,9 @@ def test_only_its_own_cluster_and_live_instances_are_booted(
     assert not (tmp_path / "vms" / ended.cloud_id).exists()
 
 
+@pytest.mark.parametrize("isolation", ISOLATIONS)
 def test_entry_point_stops_its_vms_on_sigterm(
-    aws_endpoint: str, settings: AwsSettings, cluster: str, tmp_path: Path
+    aws_endpoint: str, settings: AwsSettings, cluster: str, tmp_path: Path, isolation: str
 ) -> None:
     out = tmp_path / "runner.log"
     args = [
@@ -151,14 +158,17 @@ def test_entry_point_stops_its_vms_on_sigterm(
         "--endpoint-url",
         aws_endpoint,
     ]
-    env = {**os.environ, "MN_VM_CLUSTER": cluster}
+    env = {**os.environ, "MN_VM_CLUSTER": cluster, "MN_VM_ISOLATION": isolation}
     with open(out, "wb") as log:
         proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     try:
+        start_line = {"namespaces": "network namespaces", "processes": "plain processes"}
         wait_until(
-            lambda: "plain processes" in out.read_text(), timeout=30, what="the runner's start line"
+            lambda: start_line[isolation] in out.read_text(),
+            timeout=30,
+            what="the runner's start line",
         )
         marker = tmp_path / "booted"
         EC2Compute(settings).launch(
@@ -175,5 +185,54 @@ def test_entry_point_stops_its_vms_on_sigterm(
         os.kill(proc.pid, signal.SIGTERM)  # the runner alone: it must stop its VMs itself
         assert proc.wait(timeout=30) == 0, out.read_text()
         assert not _alive(vm_pid)
+        assert not (tmp_path / "vms" / "runner.json").exists()  # nothing left to clean up
     finally:
         stop_process(proc)
+
+
+def test_loopback_aws_endpoints_in_the_environment_are_relayed() -> None:
+    env = {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:4566",
+        "AWS_ENDPOINT_URL_DYNAMODB": "http://localhost:8000/",
+        "AWS_ENDPOINT_URL_S3": "https://s3.example.com:9000",  # not on this host's loopback
+        "MN_URL": "http://127.0.0.1:7600",  # not an AWS endpoint: the local cloud names it
+    }
+    assert loopback_ports(env) == {4566, 8000}
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux's setpriv")
+def test_when_namespaces_cannot_be_made_vms_are_plain_processes_and_the_runner_says_why(
+    aws_endpoint: str, cluster: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "runner.log"
+    # Without CAP_NET_ADMIN, as in a container, root cannot make a bridge.
+    args = ["setpriv", "--bounding-set", "-net_admin", "--", sys.executable]
+    args += ["-m", "multinode_provisioner.vmrunner", "--state-dir", str(tmp_path / "vms")]
+    env = {**os.environ, "MN_VM_CLUSTER": cluster, "AWS_ENDPOINT_URL": aws_endpoint}
+    with open(out, "wb") as log:
+        proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        wait_until(lambda: "runner:" in out.read_text(), timeout=30, what="the start line")
+    finally:
+        stop_process(proc, grace=30)  # it exits once its current EC2 request returns
+    (line,) = [line for line in out.read_text().splitlines() if "VMs run as" in line]
+    assert "VMs run as plain processes (" in line
+    assert "): services get their port in PORT" in line
+    assert proc.returncode == 0, out.read_text()
+
+
+def test_without_root_auto_means_plain_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    isolation = open_isolation("auto", tmp_path)
+    try:
+        assert isolation.summary == (
+            "VMs run as plain processes (not root): services get their port in PORT"
+        )
+    finally:
+        isolation.close()
+    with pytest.raises(IsolationError, match="not root.*MN_VM_ISOLATION=processes"):
+        open_isolation("namespaces", tmp_path)

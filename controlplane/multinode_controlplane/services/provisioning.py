@@ -317,6 +317,10 @@ def record_cloud_id(ctx: Context, instance_id: str, cloud_id: str) -> None:
         )
 
 
+# Least time a new instance is kept for its first work, whatever its cooldown.
+FIRST_WORK_GRACE_S = 10.0
+
+
 def mark_for_termination(ctx: Context, now: float) -> int:
     """Mark ``terminating`` the ready instances idle past their cooldown and the active
     instances of undeployed apps. Keeps ``idle_since`` up to date. Returns how many."""
@@ -348,7 +352,10 @@ def mark_for_termination(ctx: Context, now: float) -> int:
             since = None if r.id in busy else max(r.ready_at or 0.0, last.get(r.id) or 0.0)
             if since != r.idle_since:
                 idle_updates.append({"_id": r.id, "_since": since})
-            if since is not None and now - since >= r.cooldown_s:
+            # One that has run nothing yet may be between registering and its first
+            # poll: a short cooldown (0 for a service's instance) must not end it there.
+            cooldown = r.cooldown_s if r.id in last else max(r.cooldown_s, FIRST_WORK_GRACE_S)
+            if since is not None and now - since >= cooldown:
                 idle.append(r.id)
         if idle_updates:
             session.execute(
