@@ -312,10 +312,30 @@ class ReportResponse(BaseModel):
     )
 
 
+class AwsProblem(BaseModel):
+    """One thing missing or refused in the AWS target a control plane was given."""
+
+    item: str = Field(description="what was checked, e.g. 'dict table', 'AMI', 'launch'")
+    setting: str | None = Field(None, description="the variable naming it, e.g. MN_AWS_AMI_ID")
+    message: str = Field(description="what is wrong and how to fix it")
+
+
+class AwsCheck(BaseModel):
+    """The control plane's start-up check of its AWS target (docs/operations.md)."""
+
+    status: Literal["pending", "ok", "problems"]
+    checked: list[str] = Field(default_factory=list, description="items checked, in order")
+    problems: list[AwsProblem] = Field(default_factory=list)
+    duration_s: float | None = None
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     version: str
     database: str
+    aws: AwsCheck | None = Field(
+        None, description="the AWS target's start-up check; None when none runs"
+    )
 
 
 # ---------------------------------------------------------------------------- schedules
