@@ -31,7 +31,9 @@ demo: install
 	$(VENV)/bin/mn up
 	$(VENV)/bin/mn run examples/fanout.py; status=$$?; $(VENV)/bin/mn down; exit $$status
 
-test: install lint
+# The end-to-end tests run against the embedded emulator and against LocalStack, which
+# they start from its own virtual environment (MN_E2E_TARGETS=emulator skips it).
+test: install localstack-venv lint
 	$(PY) -m pytest -q
 
 test-fast: install

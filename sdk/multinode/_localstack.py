@@ -43,6 +43,7 @@ STATE_FORMAT = 1
 DEFAULT_PORT = 4566
 VENV_NAME = ".venv-localstack"
 _MARKER = "localstack.runtime.main"
+_STOP_GRACE_S = 3.0
 _REPO = Path(__file__).resolve().parents[2]  # the checkout, for an editable install
 
 
@@ -174,7 +175,7 @@ def up(config: LocalStackConfig | None = None, *, echo=print) -> dict:
         )
         _wait_init_hooks(config, pid, deadline)
     except BaseException:
-        stop_group(pid)  # ours for certain: we just started it
+        stop_group(pid, grace=_STOP_GRACE_S)  # ours for certain: we just started it
         raise
     _write_state(config, state)
     echo(f"LocalStack {_version(config.endpoint)} on {config.endpoint} (pid {pid}, log {log})")
@@ -302,7 +303,9 @@ def _version(endpoint: str) -> str:
 def _stop(state: dict) -> bool:
     if not is_ours(state):
         return False
-    stop_group(state["pid"])
+    # LocalStack waits up to 10 s on its server's thread pool after SIGTERM; it keeps
+    # nothing that needs a clean exit (no persistence), so it gets less.
+    stop_group(state["pid"], grace=_STOP_GRACE_S)
     return True
 
 

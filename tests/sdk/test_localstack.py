@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -179,3 +181,37 @@ def test_a_missing_virtual_environment_says_how_to_build_it(
     monkeypatch.setenv("MN_LOCALSTACK_PYTHON", str(tmp_path / "nowhere" / "python"))
     with pytest.raises(LocalStackError, match="MN_LOCALSTACK_PYTHON=.*does not exist"):
         _localstack.find_python()
+
+
+def test_the_mn_localstack_commands_start_report_and_stop_it(
+    localstack_python: Path, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "MN_HOME": str(tmp_path),
+        "MN_LOCALSTACK_PORT": str(free_port()),
+        "MN_LOCALSTACK_PYTHON": str(localstack_python),
+        "COLUMNS": "200",
+    }
+
+    def mn(*args: str):
+        return subprocess.run(
+            [sys.executable, "-m", "multinode.cli", "localstack", *args],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+        )
+
+    started = mn("up")
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "AWS_ENDPOINT_URL_DYNAMODB" in started.stderr  # says where DynamoDB goes
+        assert f"MN_LOCAL_AWS_PORT={env['MN_LOCALSTACK_PORT']} mn up" in started.stderr
+        status = json.loads(mn("status", "--json").stdout)
+        assert status["running"] and status["healthy"]
+    finally:
+        stopped = mn("down")
+    assert stopped.returncode == 0 and "stopped LocalStack" in stopped.stderr
+    assert _processes_of(tmp_path) == []
+    assert "not running" in mn("status").stdout
