@@ -149,6 +149,12 @@ class ServerSettings(BaseSettings):
         None,
         description="AWS endpoint the SDK should use for dicts (an emulator); unset: AWS itself.",
     )
+    dict_dynamodb_endpoint_url: str | None = Field(
+        None,
+        description="DynamoDB endpoint the SDK should use for dicts when it differs from "
+        "dict_endpoint_url (LocalStack without DynamoDB, beside the DynamoDB emulator); "
+        "unset: dict_endpoint_url.",
+    )
     dict_credentials_ttl_s: int = Field(
         3600, ge=900, le=43200, description="Lifetime of vended dict credentials."
     )

@@ -421,6 +421,9 @@ class DictCredentials(BaseModel):
     key_prefix: str = Field(description="every partition key of this app starts with it")
     object_prefix: str = Field(description="every S3 object key of this app starts with it")
     endpoint_url: str | None = Field(None, description="AWS endpoint to use; None: AWS itself")
+    dynamodb_endpoint_url: str | None = Field(
+        None, description="DynamoDB's endpoint when it differs from endpoint_url"
+    )
 
 
 class DictsDeleted(BaseModel):

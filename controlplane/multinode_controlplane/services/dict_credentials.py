@@ -72,6 +72,7 @@ def vend(
         key_prefix=key_prefix(name),
         object_prefix=object_prefix(name),
         endpoint_url=ctx.settings.dict_endpoint_url,
+        dynamodb_endpoint_url=ctx.settings.dict_dynamodb_endpoint_url,
     )
 
 
