@@ -321,7 +321,7 @@ class AwsProblem(BaseModel):
 
 
 class AwsCheck(BaseModel):
-    """The control plane's start-up check of its AWS target (docs/operations.md)."""
+    """The control plane's start-up check of its AWS target (infra/README.md)."""
 
     status: Literal["pending", "ok", "problems"]
     checked: list[str] = Field(default_factory=list, description="items checked, in order")
