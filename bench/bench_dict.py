@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         region_name=creds.region,
     ).client(
         "dynamodb",
-        endpoint_url=creds.endpoint_url,
+        endpoint_url=creds.dynamodb_endpoint_url or creds.endpoint_url,
         config=Config(
             retries={"mode": "standard", "total_max_attempts": 1}, max_pool_connections=64
         ),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from multinode import wire
 from multinode_controlplane import __version__
 from multinode_controlplane.api import agent, apps, blobs, calls, errors, health, instances, logs
 from multinode_controlplane.api import dicts as dicts_api
@@ -22,7 +24,7 @@ from multinode_controlplane.loops.provisioner import Provisioner
 from multinode_controlplane.loops.reaper import Reaper
 from multinode_controlplane.loops.scheduler import Scheduler
 from multinode_controlplane.loops.services import ServicesLoop
-from multinode_controlplane.services import auth, provisioning
+from multinode_controlplane.services import auth, aws_check, provisioning
 from multinode_controlplane.services.context import Context
 from multinode_controlplane.services.dict_storage import DictStorage
 from multinode_controlplane.services.events import PROVISIONER, SERVICES, Notifier
@@ -66,6 +68,9 @@ def create_app(
             app.state.dict_storage = DictStorage(settings)
             if settings.dict_prepare_at_startup:
                 await asyncio.to_thread(app.state.dict_storage.prepare_quietly)
+            app.state.aws_check = None
+            if settings.aws_check and cloud is not None:
+                _start_aws_check(app, cloud)
             tasks = [
                 asyncio.create_task(
                     run_forever(
@@ -131,3 +136,16 @@ def create_app(
         app.include_router(module.router, prefix="/v1")
     app.include_router(jobs_api.router, prefix="/v1")
     return app
+
+
+def _start_aws_check(app: FastAPI, cloud: provisioning.Compute) -> None:
+    """Check the AWS target on a daemon thread: the server answers meanwhile (health says
+    "pending"), and a slow or unreachable endpoint never holds up start or shutdown."""
+    app.state.aws_check = wire.AwsCheck(status="pending")
+
+    def run() -> None:
+        result = aws_check.run(app.state.dict_storage, cloud)
+        app.state.aws_check = result
+        aws_check.log_result(result)
+
+    threading.Thread(target=run, name="aws-check", daemon=True).start()

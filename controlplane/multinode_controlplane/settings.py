@@ -43,6 +43,12 @@ class ServerSettings(BaseSettings):
     compute: Literal["aws", "none"] = Field(
         "aws", description="'aws': launch through EC2 (AWS_ENDPOINT_URL honoured); 'none': never."
     )
+    aws_check: bool = Field(
+        True,
+        description="With compute 'aws', check the AWS target in the background at start-up "
+        "(dict table, bucket and role; AMI, subnet, security groups, instance profile, launch "
+        "template, a dry-run launch) and report every problem in the log and GET /v1/health.",
+    )
     agent_install_command: str = Field(
         "", description="Shell step in user-data that installs the agent; empty on the local cloud."
     )
@@ -155,6 +161,12 @@ class ServerSettings(BaseSettings):
     dict_endpoint_url: str | None = Field(
         None,
         description="AWS endpoint the SDK should use for dicts (an emulator); unset: AWS itself.",
+    )
+    dict_dynamodb_endpoint_url: str | None = Field(
+        None,
+        description="DynamoDB endpoint the SDK should use for dicts when it differs from "
+        "dict_endpoint_url (LocalStack without DynamoDB, beside the DynamoDB emulator); "
+        "unset: dict_endpoint_url.",
     )
     dict_credentials_ttl_s: int = Field(
         3600, ge=900, le=43200, description="Lifetime of vended dict credentials."

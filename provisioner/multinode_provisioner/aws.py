@@ -34,6 +34,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from multinode import wire
 from multinode_provisioner.compute import (
     TAG_APP,
     TAG_CLUSTER,
@@ -161,7 +162,7 @@ class EC2Compute(Compute):
         attempt, because emulators ignore ``ClientToken`` and a retried ``RunInstances``
         after a lost response must not launch twice.
         """
-        params = self._run_params(request)
+        params = self.run_params(request)
 
         def attempt() -> CloudInstance:
             existing = self._find_by_token(request.launch_token)
@@ -189,9 +190,17 @@ class EC2Compute(Compute):
         ]
         return self._call("list instances", lambda: self._describe(filters))
 
+    def check(self) -> wire.AwsCheck:
+        """The settings' AMI, subnet, groups, profile and template exist, and a dry-run
+        launch and listing are allowed (see :func:`multinode_provisioner.aws_check.check_ec2`)."""
+        from multinode_provisioner.aws_check import check_ec2
+
+        return check_ec2(self)
+
     # -- helpers -----------------------------------------------------------------------
 
-    def _run_params(self, request: LaunchRequest) -> dict[str, Any]:
+    def run_params(self, request: LaunchRequest) -> dict[str, Any]:
+        """The ``RunInstances`` arguments of ``request`` (also used for dry-run checks)."""
         s = self.settings
         tags = {**s.extra_tags, **request.tags}
         tags.setdefault("Name", _name(s.cluster, request.tags.get(TAG_APP)))
@@ -219,6 +228,11 @@ class EC2Compute(Compute):
             params["SecurityGroupIds"] = list(s.security_group_ids)
         if s.instance_profile_arn:
             params["IamInstanceProfile"] = {"Arn": s.instance_profile_arn}
+        if s.launch_template_id:
+            params["LaunchTemplate"] = {
+                "LaunchTemplateId": s.launch_template_id,
+                "Version": s.launch_template_version,
+            }
         return params
 
     def _find_by_token(self, token: str) -> CloudInstance | None:

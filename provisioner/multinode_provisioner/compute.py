@@ -12,6 +12,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from multinode import wire
 from multinode.errors import MultinodeError
 
 # Tags every instance of ours carries. `mn:cluster` scopes one control plane's instances
@@ -102,3 +103,11 @@ class Compute(abc.ABC):
     @abc.abstractmethod
     def list_instances(self) -> list[CloudInstance]:
         """All instances of this cluster that are not yet terminated."""
+
+    def check(self) -> wire.AwsCheck:
+        """What keeps this compute from launching as configured, every item at once.
+
+        Never raises for what the cloud answers: each problem is an entry of the result.
+        The default checks nothing.
+        """
+        return wire.AwsCheck(status="ok")

@@ -59,6 +59,16 @@ class AwsSettings(BaseSettings):
         None,
         description="IAM instance profile ARN given to every instance (MN_AWS_INSTANCE_PROFILE_ARN).",
     )
+    launch_template_id: str | None = Field(
+        None,
+        description="Launch template every launch starts from (MN_AWS_LAUNCH_TEMPLATE_ID), e.g. "
+        "the one infra/multinode.yaml makes; the settings above override its values.",
+    )
+    launch_template_version: str = Field(
+        "$Default",
+        description="Version of the launch template (MN_AWS_LAUNCH_TEMPLATE_VERSION): a number, "
+        "$Default or $Latest.",
+    )
     extra_tags: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="Tags added to every instance (MN_AWS_EXTRA_TAGS, 'k=v,k2=v2' or a JSON object). "

@@ -119,7 +119,11 @@ class DictStore:
             connect_timeout=5,
             read_timeout=30,
         )
-        dynamodb = session.client("dynamodb", endpoint_url=creds.endpoint_url, config=config)
+        dynamodb = session.client(
+            "dynamodb",
+            endpoint_url=creds.dynamodb_endpoint_url or creds.endpoint_url,
+            config=config,
+        )
         s3 = session.client("s3", endpoint_url=creds.endpoint_url, config=config)
         self._clients = (dynamodb, s3)
         self._creds = creds

@@ -4,7 +4,10 @@ Three background processes, each in its own process group, recorded with their p
 ``$MN_HOME/local/state.json`` (which the SDK's config reads to find the control plane):
 
 - the AWS endpoint on 127.0.0.1:4566 — LocalStack when one already answers there (not
-  ours: never stopped), otherwise moto's server, started here;
+  ours: never stopped), otherwise moto's server, started here. Beside LocalStack, moto's
+  server is started on another port for DynamoDB alone (LocalStack without Docker has no
+  DynamoDB) and every process is told so with boto3's standard
+  ``AWS_ENDPOINT_URL_DYNAMODB``, unless the caller already set that variable;
 - the control plane on SQLite under ``$MN_HOME/local``;
 - the VM runner, which boots every instance the control plane launches as a local process
   from its user-data, and stops it when the EC2 API says it is terminated. As root, each VM
@@ -24,7 +27,7 @@ import fcntl
 import json
 import os
 import secrets
-import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,9 +36,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import httpx
+from multinode._processes import (
+    LocalCloudError,
+    answers,
+    fail_if_exited,
+    is_ours,
+    refuse_taken_port,
+    spawn,
+    stop_group,
+    tail,
+    wait_healthy,
+)
 
-from multinode.errors import MultinodeError
+__all__ = ["LocalCloudConfig", "LocalCloudError", "down", "read_state", "status", "up"]
 
 STATE_FORMAT = 1
 DEFAULT_AWS_PORT = 4566
@@ -43,7 +56,6 @@ DEFAULT_CONTROL_PLANE_PORT = 7600
 CLUSTER = "local"
 LOCAL_AMI = "ami-12c6146b"  # an image the emulator lists
 _START_TIMEOUT_S = 60.0
-_STOP_GRACE_S = 10.0
 # Dummy credentials for the emulator; a user's real AWS credentials never reach it.
 _LOCAL_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "multinode-local",
@@ -51,12 +63,6 @@ _LOCAL_AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_REGION": "us-east-1",
 }
-
-
-class LocalCloudError(MultinodeError):
-    """The local cloud could not be started or stopped; the message says what to do."""
-
-    code = "local_cloud"
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,11 @@ class LocalCloudConfig:
     database_url: str | None = None  # default: SQLite under home/local
     server_env: Mapping[str, str] = field(default_factory=dict)  # extra MN_SERVER_* settings
     use_existing_aws: bool = True  # use LocalStack when one answers on aws_port
+    # Beside LocalStack, the DynamoDB emulator's port (default: a free one).
+    dynamodb_port: int | None = field(
+        default_factory=lambda: int(os.environ.get("MN_LOCAL_DYNAMODB_PORT", 0)) or None
+    )
+    cluster: str = CLUSTER  # the mn:cluster tag: local clouds sharing one LocalStack differ
 
     @property
     def dir(self) -> Path:
@@ -156,48 +167,35 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
         "api_key": "mnk_" + secrets.token_urlsafe(32),
         "aws_endpoint": aws_url,
         "aws": "moto",
+        "dynamodb_endpoint": None,
+        "cluster": config.cluster,
         "logs": str(logs),
         "started_at": datetime.now(timezone.utc).isoformat(),
         "processes": {},
         "vm_state_dir": str(config.dir / "vms"),
     }
     try:
-        if config.use_existing_aws and _answers(f"{aws_url}/_localstack/health"):
+        if config.use_existing_aws and answers(f"{aws_url}/_localstack/health"):
             state["aws"] = "localstack"
             echo(f"AWS endpoint: LocalStack already answering on {aws_url}")
+            state["dynamodb_endpoint"] = _dynamodb_beside_localstack(config, state, echo=echo)
         else:
-            _refuse_taken_port(config.aws_port, "the AWS emulator", "MN_LOCAL_AWS_PORT")
-            args = [
-                sys.executable,
-                "-m",
-                "multinode_provisioner.emulator",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                str(config.aws_port),
-            ]
-            _spawn(
-                state,
-                "aws",
-                args,
-                env=_aws_env(aws_url),
-                log=logs / "aws.log",
-                marker="multinode_provisioner.emulator",
-            )
-            _wait_healthy(state, "aws", f"{aws_url}/moto-api/", logs / "aws.log")
+            refuse_taken_port(config.aws_port, "the AWS emulator", "MN_LOCAL_AWS_PORT=...")
+            _start_emulator(state, "aws", config.aws_port, logs / "aws.log")
             echo(f"AWS endpoint: embedded emulator on {aws_url}")
+        aws_env = _aws_env(aws_url, state["dynamodb_endpoint"])
 
-        _refuse_taken_port(config.control_plane_port, "the control plane", "MN_LOCAL_PORT")
+        refuse_taken_port(config.control_plane_port, "the control plane", "MN_LOCAL_PORT=...")
         db = config.database_url or f"sqlite:///{config.dir / 'controlplane.db'}"
         server_env = {
-            **_aws_env(aws_url),
+            **aws_env,
             "MN_HOME": str(config.home),
             "MN_SERVER_DATABASE_URL": db,
             "MN_SERVER_HOST": "127.0.0.1",
             "MN_SERVER_PORT": str(config.control_plane_port),
             "MN_SERVER_PUBLIC_URL": url,
             "MN_SERVER_API_KEY": state["api_key"],
-            "MN_SERVER_CLUSTER": CLUSTER,
+            "MN_SERVER_CLUSTER": config.cluster,
             "MN_SERVER_COMPUTE": "aws",
             # Any id does for the emulator; the VM runner boots from user-data, not an image.
             "MN_AWS_AMI_ID": LOCAL_AMI,
@@ -208,38 +206,30 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
             # mn.get_dict: create the table, bucket and role now; processes reach the emulator.
             "MN_SERVER_DICT_PREPARE_AT_STARTUP": "true",
             "MN_SERVER_DICT_ENDPOINT_URL": aws_url,
+            **(
+                {"MN_SERVER_DICT_DYNAMODB_ENDPOINT_URL": state["dynamodb_endpoint"]}
+                if state["dynamodb_endpoint"]
+                else {}
+            ),
             **config.server_env,
         }
-        args = [sys.executable, "-m", "multinode_controlplane"]
-        _spawn(
-            state,
-            "controlplane",
-            args,
-            env=server_env,
-            log=logs / "controlplane.log",
-            marker="multinode_controlplane",
-        )
-        _wait_healthy(state, "controlplane", f"{url}/v1/health", logs / "controlplane.log")
+        log = logs / "controlplane.log"
+        pid = _record(state, "controlplane", ["-m", "multinode_controlplane"], server_env, log)
+        wait_healthy("controlplane", pid, f"{url}/v1/health", log, timeout=_START_TIMEOUT_S)
         echo(f"control plane: {url} ({db.split(':', 1)[0]})")
 
         runner_env = {
-            **_aws_env(aws_url),
-            "MN_VM_CLUSTER": CLUSTER,
+            **aws_env,
+            "MN_VM_CLUSTER": config.cluster,
             "MN_VM_STATE_DIR": state["vm_state_dir"],
             # The URLs VMs are given name these ports on 127.0.0.1; in a namespace of its
-            # own, a VM reaches them through the runner's relay.
+            # own, a VM reaches them through the runner's relay (which also relays the
+            # loopback AWS_ENDPOINT_URL_* ports it inherits, DynamoDB's among them).
             "MN_VM_RELAY_PORTS": f"{config.control_plane_port},{config.aws_port}",
         }
-        args = [sys.executable, "-m", "multinode_provisioner.vmrunner"]
-        _spawn(
-            state,
-            "vmrunner",
-            args,
-            env=runner_env,
-            log=logs / "vmrunner.log",
-            marker="multinode_provisioner.vmrunner",
-        )
-        state["vms"] = _wait_for_runner(state, logs / "vmrunner.log")
+        log = logs / "vmrunner.log"
+        _record(state, "vmrunner", ["-m", "multinode_provisioner.vmrunner"], runner_env, log)
+        state["vms"] = _wait_for_runner(state, log)
         echo(f"VM runner: {state['vms']} (logs in {logs})")
     except BaseException:
         _stop_all(state, echo=lambda _msg: None)
@@ -248,40 +238,50 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
     return state
 
 
-def _aws_env(aws_url: str) -> dict[str, str]:
-    return {**_LOCAL_AWS_ENV, "AWS_ENDPOINT_URL": aws_url}
+def _dynamodb_beside_localstack(config: LocalCloudConfig, state: dict, *, echo) -> str:
+    """The DynamoDB endpoint to use next to LocalStack: the caller's
+    ``AWS_ENDPOINT_URL_DYNAMODB`` when set, else the embedded emulator started here.
+
+    LocalStack's own DynamoDB needs Java and a download of DynamoDB Local, which a
+    LocalStack running without Docker often lacks; the emulator is a dependency already.
+    """
+    given = os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")
+    if given:
+        echo(f"DynamoDB: {given} (AWS_ENDPOINT_URL_DYNAMODB)")
+        return given
+    port = config.dynamodb_port or free_port()
+    refuse_taken_port(port, "the DynamoDB emulator", "MN_LOCAL_DYNAMODB_PORT=...")
+    _start_emulator(state, "dynamodb", port, Path(state["logs"]) / "dynamodb.log")
+    endpoint = f"http://127.0.0.1:{port}"
+    echo(
+        f"DynamoDB: embedded emulator on {endpoint} (LocalStack without Docker has no"
+        " DynamoDB; set AWS_ENDPOINT_URL_DYNAMODB to use another)"
+    )
+    return endpoint
 
 
-def _spawn(
-    state: dict, name: str, args: list[str], *, env: Mapping[str, str], log: Path, marker: str
-) -> None:
-    full_env = {**os.environ, **env}
-    # A user's AWS profile must not redirect the local cloud to a real account.
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
-        full_env.pop(key, None)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            start_new_session=True,
-            close_fds=True,
-        )
-    state["processes"][name] = {"pid": proc.pid, "marker": marker, "log": str(log)}
+def _start_emulator(state: dict, name: str, port: int, log: Path) -> None:
+    """The emulator (moto's server, see :mod:`multinode_provisioner.emulator`) on
+    127.0.0.1:``port``, recorded as ``name``, once it answers."""
+    args = ["-m", "multinode_provisioner.emulator", "-H", "127.0.0.1", "-p", str(port)]
+    pid = _record(state, name, args, _LOCAL_AWS_ENV, log)
+    url = f"http://127.0.0.1:{port}/moto-api/"
+    wait_healthy(name, pid, url, log, timeout=_START_TIMEOUT_S)
 
 
-def _wait_healthy(state: dict, name: str, url: str, log: Path) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    while not _answers(url):
-        _fail_if_exited(state, name, log)
-        if time.monotonic() > deadline:
-            raise LocalCloudError(
-                f"{name} did not answer on {url} within {_START_TIMEOUT_S:.0f}s."
-                f" Last log lines ({log}):\n{_tail(log)}"
-            )
-        time.sleep(0.05)
+def _record(
+    state: dict,
+    name: str,
+    args: list[str],
+    env: Mapping[str, str],
+    log: Path,
+    *,
+    marker: str | None = None,
+) -> int:
+    """Start ``python args...`` and record it in ``state`` under ``name``; returns its pid."""
+    pid = spawn([sys.executable, *args], env=env, log=log)
+    state["processes"][name] = {"pid": pid, "marker": marker or args[1], "log": str(log)}
+    return pid
 
 
 def _wait_for_runner(state: dict, log: Path) -> str:
@@ -294,7 +294,7 @@ def _wait_for_runner(state: dict, log: Path) -> str:
     record = Path(state["vm_state_dir"]) / "runner.json"
     deadline = time.monotonic() + _START_TIMEOUT_S
     while True:
-        _fail_if_exited(state, "vmrunner", log)
+        fail_if_exited("vmrunner", pid, log)
         with contextlib.suppress(OSError, ValueError):
             content = json.loads(record.read_text())
             if content.get("pid") == pid:
@@ -302,60 +302,39 @@ def _wait_for_runner(state: dict, log: Path) -> str:
         if time.monotonic() > deadline:
             raise LocalCloudError(
                 f"the VM runner did not start within {_START_TIMEOUT_S:.0f}s."
-                f" Last log lines ({log}):\n{_tail(log)}"
+                f" Last log lines ({log}):\n{tail(log)}"
             )
         time.sleep(0.05)
 
 
-def _fail_if_exited(state: dict, name: str, log: Path) -> None:
-    pid = state["processes"][name]["pid"]
-    with contextlib.suppress(ChildProcessError):
-        done, code = os.waitpid(pid, os.WNOHANG)
-        if done:
-            raise LocalCloudError(
-                f"{name} exited with code {code >> 8} while starting."
-                f" Last log lines ({log}):\n{_tail(log)}"
-            )
+def _aws_env(aws_url: str, dynamodb_url: str | None) -> dict[str, str]:
+    """Dummy credentials and the endpoints, as boto3 reads them from the environment."""
+    env = {**_LOCAL_AWS_ENV, "AWS_ENDPOINT_URL": aws_url}
+    if dynamodb_url:
+        env["AWS_ENDPOINT_URL_DYNAMODB"] = dynamodb_url
+    return env
 
 
-def _refuse_taken_port(port: int, what: str, env_name: str) -> None:
-    import socket
-
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", port)) == 0:
-            raise LocalCloudError(
-                f"port {port} on 127.0.0.1 is already taken, so {what} cannot listen there;"
-                f" stop what uses it or choose another port with {env_name}=..."
-            )
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1.0).status_code < 500
-    except httpx.HTTPError:
-        return False
-
-
-def _tail(log: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------- stopping
 
 
 # The control plane goes first (it stops launching), then the VM runner (it stops every VM
-# process it booted), then the emulator they both talk to.
-_STOP_ORDER = ("controlplane", "vmrunner", "aws")
+# process it booted), then the emulators they both talk to.
+_STOP_ORDER = ("controlplane", "vmrunner", "aws", "dynamodb")
 
 
 def _stop_all(state: dict, *, echo) -> None:
     for name in _STOP_ORDER:
         proc = state.get("processes", {}).get(name)
-        if proc and _is_ours(proc):
-            _stop_group(proc["pid"])
+        if proc and is_ours(proc):
+            stop_group(proc["pid"])
             echo(f"stopped {name} (pid {proc['pid']})")
     _clean_up_vms(state, echo=echo)
 
@@ -384,40 +363,6 @@ def _clean_up_vms(state: dict, *, echo) -> None:
     echo((done.stdout + done.stderr).strip())
 
 
-def _stop_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + _STOP_GRACE_S
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        while _alive(pid) and time.monotonic() < deadline + _STOP_GRACE_S:
-            time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has finished
-
-
-def _is_ours(proc: Mapping) -> bool:
-    """Guard against pid reuse: only a live process still running what we started."""
-    try:
-        cmdline = Path(f"/proc/{proc['pid']}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return False
-    return _alive(proc["pid"]) and proc["marker"].encode() in cmdline
-
-
 def _statuses(state: dict) -> list[ComponentStatus]:
     out = []
     if state.get("aws") == "localstack":
@@ -425,20 +370,21 @@ def _statuses(state: dict) -> list[ComponentStatus]:
             ComponentStatus(
                 "aws",
                 None,
-                _answers(f"{state['aws_endpoint']}/_localstack/health"),
+                answers(f"{state['aws_endpoint']}/_localstack/health"),
                 f"LocalStack at {state['aws_endpoint']} (not managed)",
             )
         )
-    for name in ("aws", "controlplane", "vmrunner"):
+    for name in ("aws", "dynamodb", "controlplane", "vmrunner"):
         proc = state.get("processes", {}).get(name)
         if proc is None:
             continue
         detail = {
             "aws": f"emulator at {state['aws_endpoint']}",
+            "dynamodb": f"emulator for DynamoDB at {state.get('dynamodb_endpoint')}",
             "controlplane": state["url"],
             "vmrunner": state.get("vms", "boots instances as local processes"),
         }[name]
-        out.append(ComponentStatus(name, proc["pid"], _is_ours(proc), detail))
+        out.append(ComponentStatus(name, proc["pid"], is_ours(proc), detail))
     return out
 
 

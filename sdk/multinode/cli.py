@@ -455,13 +455,16 @@ def _mib(value: int) -> str:
     return f"{value / 1024:g} GiB" if value >= 1024 else f"{value} MiB"
 
 
-# `mn dict ...` lives in its own module; registered here so `mn --help` lists it.
+# `mn dict ...` and `mn localstack ...` live in their own modules; registered here so
+# `mn --help` lists them.
 import multinode._job_cli  # noqa: E402,F401  (registers `mn jobs`)
 import multinode._schedule_cli  # noqa: E402,F401  (registers the schedule commands)
 import multinode._service_cli  # noqa: E402,F401  (registers `mn services`)
 from multinode._dict_cli import dict_app  # noqa: E402
+from multinode._localstack_cli import localstack_app  # noqa: E402
 
 app.add_typer(dict_app, name="dict")
+app.add_typer(localstack_app, name="localstack")
 
 
 if __name__ == "__main__":

@@ -344,10 +344,30 @@ class ReportResponse(BaseModel):
     )
 
 
+class AwsProblem(BaseModel):
+    """One thing missing or refused in the AWS target a control plane was given."""
+
+    item: str = Field(description="what was checked, e.g. 'dict table', 'AMI', 'launch'")
+    setting: str | None = Field(None, description="the variable naming it, e.g. MN_AWS_AMI_ID")
+    message: str = Field(description="what is wrong and how to fix it")
+
+
+class AwsCheck(BaseModel):
+    """The control plane's start-up check of its AWS target (infra/README.md)."""
+
+    status: Literal["pending", "ok", "problems"]
+    checked: list[str] = Field(default_factory=list, description="items checked, in order")
+    problems: list[AwsProblem] = Field(default_factory=list)
+    duration_s: float | None = None
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     version: str
     database: str
+    aws: AwsCheck | None = Field(
+        None, description="the AWS target's start-up check; None when none runs"
+    )
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -491,6 +511,9 @@ class DictCredentials(BaseModel):
     key_prefix: str = Field(description="every partition key of this app starts with it")
     object_prefix: str = Field(description="every S3 object key of this app starts with it")
     endpoint_url: str | None = Field(None, description="AWS endpoint to use; None: AWS itself")
+    dynamodb_endpoint_url: str | None = Field(
+        None, description="DynamoDB's endpoint when it differs from endpoint_url"
+    )
 
 
 class DictsDeleted(BaseModel):

@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from tests.e2e.conftest import AwsTarget
 from tests.support.procs import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -120,10 +122,14 @@ def test_login_stores_the_address_for_later_commands(local_cloud, tmp_path) -> N
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
 
 
-def test_up_twice_is_harmless_and_down_leaves_nothing_running(tmp_path: Path) -> None:
+def test_up_twice_is_harmless_and_down_leaves_nothing_running(
+    tmp_path: Path, aws_target: AwsTarget
+) -> None:
+    # On LocalStack, `mn up` finds it on its AWS port as it would a user's.
+    aws_port = urlsplit(aws_target.endpoint).port if aws_target.endpoint else free_port()
     env = {
         "MN_HOME": str(tmp_path),
-        "MN_LOCAL_AWS_PORT": str(free_port()),
+        "MN_LOCAL_AWS_PORT": str(aws_port),
         "MN_LOCAL_PORT": str(free_port()),
     }
     mn("up", env=env)
@@ -137,7 +143,10 @@ def test_up_twice_is_harmless_and_down_leaves_nothing_running(tmp_path: Path) ->
             == state["processes"]
         )
         status = json.loads(mn("status", "--json", env=env).stdout)
-        assert {s["name"] for s in status if s["running"]} == {"aws", "controlplane", "vmrunner"}
+        expected = {"aws", "controlplane", "vmrunner"}
+        if aws_target.name == "localstack":
+            expected.add("dynamodb")  # the emulator serving DynamoDB beside LocalStack
+        assert {s["name"] for s in status if s["running"]} == expected
     finally:
         mn("down", env=env)
     for pid in pids:

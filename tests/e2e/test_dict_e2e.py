@@ -102,3 +102,36 @@ def test_a_scheduled_task_writes_the_dict_and_a_script_reads_it(
     assert (reader["uk"], reader["fr"], reader["runs"]) == ("Rain Again", "Greve Demain", 1)
     trigger(app_name, "extract_summaries").result(timeout=60)
     assert reader["runs"] == 2
+
+
+LARGE_SOURCE = """
+import multinode as mn
+
+blobs = mn.get_dict(name="blobs")
+
+
+@mn.function(cpu=0.25, cooldown=60)
+def store(size):
+    blobs["big"] = b"x" * size  # over DynamoDB's item limit: the value goes to S3
+    return len(blobs["big"])
+"""
+
+
+def test_a_large_value_goes_through_s3_from_a_vm_to_a_script(
+    local_cloud: dict, write_app, app_name: str
+) -> None:
+    mn.deploy(write_app(LARGE_SOURCE), name=app_name)
+    store = mn.get_function(app_name, "store")
+    assert store.call(1_000_000) == 1_000_000
+
+    reader = mn.get_dict("blobs", app=app_name)
+    assert reader["big"] == b"x" * 1_000_000
+
+    gone = subprocess.run(
+        [sys.executable, "-m", "multinode.cli", "undeploy", app_name, "--delete-data"],
+        capture_output=True,
+        text=True,
+    )
+    assert gone.returncode == 0, gone.stderr
+    assert "deleted 1 dicts (1 keys, 1 S3 objects)" in gone.stdout
+    assert "big" not in reader

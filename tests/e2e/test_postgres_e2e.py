@@ -15,10 +15,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 
 @pytest.fixture(scope="module")
-def pg_cloud(tmp_path_factory):
+def pg_cloud(tmp_path_factory, aws_target):
     with (
         fresh_postgres_database() as url,
-        started_local_cloud(tmp_path_factory.mktemp("mn-home-pg"), database_url=url) as state,
+        started_local_cloud(
+            tmp_path_factory.mktemp("mn-home-pg"), aws_target, database_url=url
+        ) as state,
         pytest.MonkeyPatch.context() as env,
     ):
         env.setenv("MN_URL", state["url"])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import started_local_cloud
+from tests.e2e.conftest import AwsTarget, started_local_cloud
 from tests.support.procs import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -37,10 +37,12 @@ def report():
 
 
 @pytest.fixture(scope="module")
-def demo_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def demo_cloud(tmp_path_factory: pytest.TempPathFactory, aws_target: AwsTarget) -> Iterator[Path]:
     """A local cloud whose control plane accepts schedules every 2 s, as for a demo."""
     home = tmp_path_factory.mktemp("mn-home-schedules")
-    with started_local_cloud(home, server_env={"MN_SERVER_MIN_SCHEDULE_INTERVAL_S": "2"}):
+    with started_local_cloud(
+        home, aws_target, server_env={"MN_SERVER_MIN_SCHEDULE_INTERVAL_S": "2"}
+    ):
         yield home
 
 

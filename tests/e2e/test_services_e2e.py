@@ -180,6 +180,7 @@ def test_redeploy_switches_versions_without_a_failed_request(local_cloud, write_
     v1 = mn.deploy(write_app(SERVICE_APP.format(version="v1")), name=app_name)
     web = mn.get_service(app_name, "web")
     web.wait_ready(version=v1.version, timeout=90)
+    listed_v1 = web.replicas()
 
     # A steady stream of requests, following the service's address as a client would.
     seen: list[str] = []
@@ -209,7 +210,8 @@ def test_redeploy_switches_versions_without_a_failed_request(local_cloud, write_
     finally:
         stop.set()
         client.join(30)
-    assert failures == []
+    replicas = [(r.version, r.url, r.state.value) for r in web.replicas() + listed_v1]
+    assert failures == [], f"replicas (version, url, state): {replicas}"
     assert "v1" in seen and seen[-1] == "v2"
     # Once v2 answered, nothing went back to v1.
     assert "v1" not in seen[seen.index("v2") :]

@@ -4,7 +4,9 @@ The control plane assumes the dict role with an inline *session policy*: the cre
 it hands out can do no more than both the role and that policy allow
 (https://docs.aws.amazon.com/IAM/latest/UserGuide/access_policies.html#policies_session).
 The policy confines them to items whose partition key starts with ``<app>#``
-(``dynamodb:LeadingKeys``) and to S3 objects under ``<bucket>/<app>/``. Scan is not
+(``dynamodb:LeadingKeys``) and to S3 objects under ``<bucket>/<app>/``; the session is
+also tagged ``mn:app=<app>``, which the dict role's own policy (infra/multinode.yaml, or
+the role ``dict_storage`` creates) uses to draw the same bounds. Scan is not
 granted: ``ForAllValues`` is vacuously true for requests without leading keys, so only
 key-addressed actions may appear in the statement.
 """
@@ -25,6 +27,7 @@ from multinode_controlplane.services.dict_storage import (
     DictStorage,
     key_prefix,
     object_prefix,
+    session_tags,
 )
 
 
@@ -51,6 +54,7 @@ def vend(
             RoleSessionName=session_name(name),
             Policy=json.dumps(policy, separators=(",", ":")),
             DurationSeconds=ctx.settings.dict_credentials_ttl_s,
+            Tags=session_tags(name),
         )
     except (BotoCoreError, ClientError) as exc:
         raise InfrastructureError(
@@ -68,6 +72,7 @@ def vend(
         key_prefix=key_prefix(name),
         object_prefix=object_prefix(name),
         endpoint_url=ctx.settings.dict_endpoint_url,
+        dynamodb_endpoint_url=ctx.settings.dict_dynamodb_endpoint_url,
     )
 
 

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from multinode import wire
+from multinode._aws_check import DENIED_CODES, Checklist, error_code
 from multinode.errors import InfrastructureError
 from multinode_controlplane.settings import ServerSettings
 
@@ -37,6 +39,16 @@ DYNAMODB_ITEM_ACTIONS = (
     "dynamodb:ConditionCheckItem",
 )
 S3_OBJECT_ACTIONS = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject")
+# Every vended session carries this session tag with its app's name; the dict role's own
+# policy confines a session to ${aws:PrincipalTag/mn:app}'s keys and objects, so IAM
+# enforces the app's prefix even apart from the session policy.
+SESSION_TAG = "mn:app"
+CHECK_SESSION = "mn-startup-check"
+
+
+def session_tags(app: str) -> list[dict[str, str]]:
+    """The ``Tags`` of an ``AssumeRole`` made for ``app``'s dicts."""
+    return [{"Key": SESSION_TAG, "Value": app}]
 
 
 def key_prefix(app: str) -> str:
@@ -72,6 +84,7 @@ class DictStorage:
         self._lock = threading.Lock()
         self._ready: DictResources | None = None
         self._clients: dict[str, Any] = {}
+        self._check_clients: dict[str, Any] = {}
 
     def client(self, service: str) -> Any:
         """A boto3 client of the control plane's own credentials (made once per service)."""
@@ -106,6 +119,118 @@ class DictStorage:
             log.info("dict storage ready: table %s, bucket %s", resources.table, resources.bucket)
         except Exception as exc:  # startup must not fail on AWS; the first request retries
             log.warning("dict storage not ready yet (retried at first use): %s", exc)
+
+    # ---------------------------------------------------------------- checking
+
+    def check(self) -> wire.AwsCheck:
+        """Whether the table, bucket and role exist and the role may be assumed.
+
+        Every item is checked, whatever the others answer. A resource that is missing but
+        would be created at first use (``dict_create_resources``) is not a problem. The
+        clients used time out within seconds, so an unreachable endpoint is reported
+        rather than waited on.
+        """
+        s = self.settings
+        checks = Checklist()
+        identity: dict[str, str] = {}
+        checks.run("AWS credentials", None, lambda: self._check_identity(identity))
+        checks.run("dict table", "MN_SERVER_DICT_TABLE", self._check_table)
+        checks.run("dict bucket", "MN_SERVER_DICT_BUCKET", self._check_bucket)
+        setting = "MN_SERVER_DICT_ROLE_ARN" if s.dict_role_arn else "MN_SERVER_DICT_ROLE_NAME"
+        checks.run("dict role", setting, lambda: self._check_role(identity))
+        return checks.result()
+
+    def _checking_client(self, service: str) -> Any:
+        """A client of short timeouts, one per service, all of one boto3 session (making a
+        session costs more than the check's requests)."""
+        if service not in self._check_clients:
+            import boto3
+            from botocore.config import Config
+
+            session = self._check_clients.setdefault("session", boto3.session.Session())
+            region = self.settings.dict_region or session.region_name or "us-east-1"
+            config = Config(
+                retries={"mode": "standard", "max_attempts": 2}, connect_timeout=3, read_timeout=10
+            )
+            self._check_clients[service] = session.client(
+                service, region_name=region, config=config
+            )
+        return self._check_clients[service]
+
+    def _check_identity(self, identity: dict[str, str]) -> str | None:
+        identity.update(self._checking_client("sts").get_caller_identity())
+        return None
+
+    def _check_table(self) -> str | None:
+        dynamodb = self._checking_client("dynamodb")
+        table = self.settings.dict_table
+        try:
+            described = dynamodb.describe_table(TableName=table)["Table"]
+        except Exception as exc:
+            if error_code(exc) != "ResourceNotFoundException":
+                raise
+            return self._missing(f"DynamoDB table {table} does not exist in {_region(dynamodb)}")
+        keys = {k["AttributeName"]: k["KeyType"] for k in described.get("KeySchema", [])}
+        if keys != {"pk": "HASH", "sk": "RANGE"}:
+            return (
+                f"DynamoDB table {table} has the keys {keys}; dicts need pk (HASH) and sk (RANGE)"
+            )
+        return None
+
+    def _check_bucket(self) -> str | None:
+        s3 = self._checking_client("s3")
+        bucket = self.settings.dict_bucket
+        try:
+            s3.head_bucket(Bucket=bucket)
+        except Exception as exc:
+            if error_code(exc) not in ("404", "NoSuchBucket"):
+                raise
+            return self._missing(f"S3 bucket {bucket} does not exist")
+        return None
+
+    def _check_role(self, identity: dict[str, str]) -> str | None:
+        s = self.settings
+        arn = s.dict_role_arn
+        name = arn.rsplit("/", 1)[-1] if arn else s.dict_role_name
+        account = arn.split(":")[4] if arn and arn.count(":") >= 5 else identity.get("Account")
+        if account and account == identity.get("Account"):
+            # AssumeRole alone does not say "no such role" on every endpoint: ask IAM first.
+            try:
+                arn = self._checking_client("iam").get_role(RoleName=name)["Role"]["Arn"]
+            except Exception as exc:
+                code = error_code(exc)
+                if code == "NoSuchEntity":
+                    if not s.dict_role_arn:
+                        return self._missing(f"IAM role {name} does not exist")
+                    return f"IAM role {name} does not exist; fix MN_SERVER_DICT_ROLE_ARN"
+                if code not in DENIED_CODES:
+                    raise
+        if not arn:
+            return None  # unknown account, role by name: created or found at first use
+        try:
+            self._checking_client("sts").assume_role(
+                RoleArn=arn,
+                RoleSessionName=CHECK_SESSION,
+                DurationSeconds=900,
+                Tags=session_tags(CHECK_SESSION),
+            )
+        except Exception as exc:
+            if error_code(exc) not in DENIED_CODES:
+                raise
+            caller = identity.get("Arn", "the control plane")
+            return (
+                f"{caller} may not assume {arn}: the role's trust policy must allow it "
+                "sts:AssumeRole and sts:TagSession, and its own policy must too"
+            )
+        return None
+
+    def _missing(self, what: str) -> str | None:
+        if self.settings.dict_create_resources:
+            return None  # created at first use
+        return (
+            f"{what}; create it (infra/multinode.yaml does) or set "
+            "MN_SERVER_DICT_CREATE_RESOURCES=true"
+        )
 
     # ---------------------------------------------------------------- deleting
 
@@ -249,20 +374,28 @@ class DictStorage:
                 {
                     "Effect": "Allow",
                     "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
-                    "Action": "sts:AssumeRole",
+                    "Action": ["sts:AssumeRole", "sts:TagSession"],
                 }
             ],
         }
-        # The role may touch the whole table and bucket; each vended session is narrowed
-        # to one app by its session policy (services.dict_credentials).
+        # Each session reaches only the keys and objects of the app in its session tag; its
+        # session policy (services.dict_credentials) narrows it the same way.
+        app = "${aws:PrincipalTag/" + SESSION_TAG + "}"
         permissions = {
             "Version": "2012-10-17",
             "Statement": [
-                {"Effect": "Allow", "Action": list(DYNAMODB_ITEM_ACTIONS), "Resource": table_arn},
+                {
+                    "Effect": "Allow",
+                    "Action": list(DYNAMODB_ITEM_ACTIONS),
+                    "Resource": table_arn,
+                    "Condition": {
+                        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [key_prefix(app) + "*"]}
+                    },
+                },
                 {
                     "Effect": "Allow",
                     "Action": list(S3_OBJECT_ACTIONS),
-                    "Resource": f"arn:aws:s3:::{self.settings.dict_bucket}/*",
+                    "Resource": f"arn:aws:s3:::{self.settings.dict_bucket}/{object_prefix(app)}*",
                 },
             ],
         }
@@ -285,3 +418,7 @@ class DictStorage:
                 "create it or turn the setting on",
                 details={"missing": what},
             )
+
+
+def _region(client: Any) -> str:
+    return client.meta.region_name
