@@ -24,7 +24,7 @@ from typing import Any
 
 from multinode import wire
 from multinode._spec import _parse_int, build_spec
-from multinode.errors import InvalidRequestError, ServiceNotReadyError
+from multinode.errors import InvalidRequestError, NotFoundError, ServiceNotReadyError
 from multinode.functions import _NAME_RE, _REGISTRY, Function
 
 DEFAULT_READY_TIMEOUT_S = 120.0
@@ -190,8 +190,14 @@ def wait_ready(
     """Poll until every replica of ``version`` (default: the newest) of the service is
     ready; see :meth:`Service.wait_ready`."""
     deadline = time.monotonic() + timeout
+    info = client.get_function(app, name)  # NotFoundError naming what exists
+    if info.spec.kind != "service":
+        raise InvalidRequestError(f"{app}.{name} is a {info.spec.kind}, not a service")
     while True:
-        replicas = client.get_service(app, name)
+        try:
+            replicas = client.get_service(app, name)
+        except NotFoundError:
+            replicas = []  # just deployed: the services loop has not queued its replicas yet
         want = version if version is not None else max((r.version for r in replicas), default=0)
         mine = [r for r in replicas if r.version == want]
         if mine and all(r.state == wire.ServiceState.ready for r in mine):
