@@ -145,6 +145,12 @@ def up(config: LocalStackConfig | None = None, *, echo=print) -> dict:
         _stop(state)  # a half-dead previous run: clear it first
         config.state_file.unlink(missing_ok=True)
     python = config.python or find_python()
+    if answers(f"{config.endpoint}/_localstack/health"):
+        raise LocalStackError(
+            f"another LocalStack (not started by this launcher, perhaps Docker's) already"
+            f" answers on {config.endpoint}; `mn up` uses it as it is, or choose another"
+            " port for this one with MN_LOCALSTACK_PORT=..."
+        )
     refuse_taken_port(config.port, "LocalStack", "MN_LOCALSTACK_PORT=...", error=LocalStackError)
     config.dir.mkdir(parents=True, exist_ok=True)
     root = config.dir / "filesystem"
