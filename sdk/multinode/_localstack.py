@@ -132,9 +132,10 @@ def up(config: LocalStackConfig | None = None, *, echo=print) -> dict:
     is returned. Whatever fails, no LocalStack process of this call is left behind.
 
     Raises:
-        LocalStackError: the port is taken, LocalStack exited while starting, or its
-            health check or init hooks did not complete in time; the message carries
-            the last lines of its log.
+        LocalStackError: the port is taken (by another LocalStack, or anything else);
+            LocalStack exited while starting, an init hook failed, or its health check
+            or init hooks did not complete in time (the message carries the last lines
+            of its log).
     """
     config = config or LocalStackConfig()
     state = read_state(config)
@@ -169,6 +170,8 @@ def up(config: LocalStackConfig | None = None, *, echo=print) -> dict:
         "port": config.port,
         "log": str(log),
     }
+    # Recorded at once, so `down` finds it even if this process dies while waiting.
+    _write_state(config, state)
     try:
         deadline = time.monotonic() + config.start_timeout_s
         wait_healthy(
@@ -182,8 +185,8 @@ def up(config: LocalStackConfig | None = None, *, echo=print) -> dict:
         _wait_init_hooks(config, pid, deadline)
     except BaseException:
         stop_group(pid, grace=_STOP_GRACE_S)  # ours for certain: we just started it
+        config.state_file.unlink(missing_ok=True)
         raise
-    _write_state(config, state)
     echo(f"LocalStack {_version(config.endpoint)} on {config.endpoint} (pid {pid}, log {log})")
     echo(
         "DynamoDB: not served by this LocalStack (it needs Java and DynamoDB Local);"
