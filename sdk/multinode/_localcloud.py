@@ -183,7 +183,8 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
             refuse_taken_port(config.aws_port, "the AWS emulator", "MN_LOCAL_AWS_PORT=...")
             _start_emulator(state, "aws", config.aws_port, logs / "aws.log")
             echo(f"AWS endpoint: embedded emulator on {aws_url}")
-        aws_env = _aws_env(aws_url, state["dynamodb_endpoint"])
+        # Always explicit, so an AWS_ENDPOINT_URL_DYNAMODB of the caller's never leaks in.
+        aws_env = _aws_env(aws_url, state["dynamodb_endpoint"] or aws_url)
 
         refuse_taken_port(config.control_plane_port, "the control plane", "MN_LOCAL_PORT=...")
         db = config.database_url or f"sqlite:///{config.dir / 'controlplane.db'}"
@@ -307,12 +308,13 @@ def _wait_for_runner(state: dict, log: Path) -> str:
         time.sleep(0.05)
 
 
-def _aws_env(aws_url: str, dynamodb_url: str | None) -> dict[str, str]:
+def _aws_env(aws_url: str, dynamodb_url: str) -> dict[str, str]:
     """Dummy credentials and the endpoints, as boto3 reads them from the environment."""
-    env = {**_LOCAL_AWS_ENV, "AWS_ENDPOINT_URL": aws_url}
-    if dynamodb_url:
-        env["AWS_ENDPOINT_URL_DYNAMODB"] = dynamodb_url
-    return env
+    return {
+        **_LOCAL_AWS_ENV,
+        "AWS_ENDPOINT_URL": aws_url,
+        "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_url,
+    }
 
 
 def free_port() -> int:

@@ -132,9 +132,10 @@ def up(config: LocalStackConfig | None = None, *, echo=print) -> dict:
     is returned. Whatever fails, no LocalStack process of this call is left behind.
 
     Raises:
-        LocalStackError: the port is taken, LocalStack exited while starting, or its
-            health check or init hooks did not complete in time; the message carries
-            the last lines of its log.
+        LocalStackError: the port is taken (by another LocalStack, or anything else);
+            LocalStack exited while starting, an init hook failed, or its health check
+            or init hooks did not complete in time (the message carries the last lines
+            of its log).
     """
     config = config or LocalStackConfig()
     state = read_state(config)
@@ -145,6 +146,12 @@ def up(config: LocalStackConfig | None = None, *, echo=print) -> dict:
         _stop(state)  # a half-dead previous run: clear it first
         config.state_file.unlink(missing_ok=True)
     python = config.python or find_python()
+    if answers(f"{config.endpoint}/_localstack/health"):
+        raise LocalStackError(
+            f"another LocalStack (not started by this launcher, perhaps Docker's) already"
+            f" answers on {config.endpoint}; `mn up` uses it as it is, or choose another"
+            " port for this one with MN_LOCALSTACK_PORT=..."
+        )
     refuse_taken_port(config.port, "LocalStack", "MN_LOCALSTACK_PORT=...", error=LocalStackError)
     config.dir.mkdir(parents=True, exist_ok=True)
     root = config.dir / "filesystem"
@@ -163,6 +170,8 @@ def up(config: LocalStackConfig | None = None, *, echo=print) -> dict:
         "port": config.port,
         "log": str(log),
     }
+    # Recorded at once, so `down` finds it even if this process dies while waiting.
+    _write_state(config, state)
     try:
         deadline = time.monotonic() + config.start_timeout_s
         wait_healthy(
@@ -176,8 +185,8 @@ def up(config: LocalStackConfig | None = None, *, echo=print) -> dict:
         _wait_init_hooks(config, pid, deadline)
     except BaseException:
         stop_group(pid, grace=_STOP_GRACE_S)  # ours for certain: we just started it
+        config.state_file.unlink(missing_ok=True)
         raise
-    _write_state(config, state)
     echo(f"LocalStack {_version(config.endpoint)} on {config.endpoint} (pid {pid}, log {log})")
     echo(
         "DynamoDB: not served by this LocalStack (it needs Java and DynamoDB Local);"

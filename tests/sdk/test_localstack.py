@@ -139,6 +139,16 @@ def test_a_taken_port_is_refused_with_how_to_choose_another(
     assert _localstack.read_state(config) is None
 
 
+def test_a_localstack_already_answering_is_named_as_such(
+    localstack_python: Path, localstack_endpoint: str, tmp_path: Path
+) -> None:
+    port = int(localstack_endpoint.rsplit(":", 1)[1])
+    config = LocalStackConfig(home=tmp_path, port=port, python=localstack_python)
+    with pytest.raises(LocalStackError, match="another LocalStack .* already answers"):
+        _localstack.up(config, echo=lambda _m: None)
+    assert httpx.get(f"{localstack_endpoint}/_localstack/health").status_code == 200
+
+
 def test_a_failed_start_shows_the_logs_last_lines_and_leaves_nothing(tmp_path: Path) -> None:
     # A Python without LocalStack installed: the process exits at once.
     config = LocalStackConfig(home=tmp_path, port=free_port(), python=Path(sys.executable))
