@@ -127,6 +127,7 @@ class Bridge:
         self.name = f"mn-{tag}"
         self.gateway = str(subnet.network_address + 1)
         self._used: set[int] = set()  # host numbers of the addresses given to VMs
+        self._next = 2  # where the search for a free address starts
         self.created = False  # True once this object made the bridge; only then is it deleted
 
     @classmethod
@@ -167,10 +168,14 @@ class Bridge:
             NetworkError: every address of the subnet is in use.
         """
         last = self.subnet.num_addresses - 2  # the highest host number below broadcast
-        host = next((n for n in range(2, last + 1) if n not in self._used), 0)
+        # Round robin from the last address given: an address freed a moment ago may still
+        # be in the host's neighbour cache with the old VM's MAC address.
+        order = [*range(self._next, last + 1), *range(2, self._next)]
+        host = next((n for n in order if n not in self._used), 0)
         if not host:
             raise NetworkError(f"all {last - 1} VM addresses of {self.subnet} are in use")
         self._used.add(host)
+        self._next = host + 1 if host < last else 2
         link = VMLink(
             netns=f"{self.name}-{instance_id}",
             veth=f"{self.name}-{host}",
@@ -208,12 +213,20 @@ class Bridge:
         except NetworkError:
             detach(link)
             raise
+        self._forget_neighbour(link.address)
 
     def release(self, link: VMLink) -> None:
         """Remove a VM's namespace and veth (its processes must be gone); free its address."""
         detach(link)
+        self._forget_neighbour(link.address)
         host = int(ipaddress.ip_address(link.address)) - int(self.subnet.network_address)
         self._used.discard(host)
+
+    def _forget_neighbour(self, address: str) -> None:
+        # The host would otherwise keep sending to the MAC address of the VM that had this
+        # address before, for as long as its neighbour entry stays fresh.
+        with contextlib.suppress(NetworkError):
+            ip("neigh", "flush", "to", address, "dev", self.name)
 
     def delete(self) -> None:
         """Remove the bridge if this object made it; harmless when it is gone already."""

@@ -234,6 +234,9 @@ def control_plane(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Ite
         **aws,
         "MN_VM_CLUSTER": settings["MN_SERVER_CLUSTER"],
         "MN_VM_STATE_DIR": str(home / "vms"),
+        # VMs in network namespaces reach this port through the runner's relay (the
+        # AWS_ENDPOINT_URL* ports are relayed on their own).
+        "MN_VM_RELAY_PORTS": str(port),
     }
     log = home / "controlplane.log"
     with running(
