@@ -11,6 +11,7 @@ sets inside every VM (where ``MN_CALL_ID`` is sent as the parent of nested calls
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, Literal, TypeVar, overload
@@ -295,6 +296,33 @@ def make_decorator(
         return _decorate(func, options, cls=cls, kind=kind)
     build_spec("the decorated function", kind=kind, **options)
     return lambda f: _decorate(f, options, cls=cls, kind=kind)
+
+
+def argless_function_name(fn: Any, *, where: str, called: str) -> str:
+    """The name of ``fn`` after checking it is a plain ``def`` that takes no arguments
+    (what scheduled tasks and services must be); ``called`` says how the platform calls it.
+
+    Raises:
+        InvalidRequestError: ``fn`` is a handle already, a lambda, not callable, or has
+            parameters without defaults.
+    """
+    name = getattr(fn, "__name__", "")
+    if isinstance(fn, Function) or not callable(fn) or not _NAME_RE.match(name):
+        raise InvalidRequestError(
+            f"{where} decorates a plain function defined with `def`, not {fn!r}; "
+            "use one decorator per function"
+        )
+    try:
+        inspect.signature(fn).bind()
+    except TypeError:
+        raise InvalidRequestError(
+            f"{where} on {name}: {called} with no arguments; give its parameters defaults "
+            "or remove them",
+            details={"field": "function", "reason": "needs_arguments"},
+        ) from None
+    except ValueError:
+        pass  # no signature to inspect (a builtin): let it be
+    return name
 
 
 def get_function(app: str, name: str) -> Function[Any]:

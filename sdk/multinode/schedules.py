@@ -16,7 +16,6 @@ deploy. The semantics are in ``docs/schedules.md`` and :mod:`multinode.schedule_
 from __future__ import annotations
 
 import base64
-import inspect
 import os
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
@@ -26,7 +25,7 @@ from multinode import schedule_math, wire
 from multinode._calls import CallHandle, pickle_inputs
 from multinode._spec import build_spec, parse_seconds
 from multinode.errors import InvalidRequestError
-from multinode.functions import _NAME_RE, _REGISTRY, Function
+from multinode.functions import _REGISTRY, Function, argless_function_name
 
 OVERLAP_POLICIES = ("skip", "queue", "allow")
 DEFAULT_CATCHUP_WINDOW = timedelta(hours=1)
@@ -258,22 +257,7 @@ def _decorator(kind: str, func: Callable[..., Any] | None, options: dict[str, An
     build_spec("the decorated function", **function_options)
 
     def decorate(fn: Callable[..., Any]) -> ScheduledTask:
-        name = getattr(fn, "__name__", "")
-        if isinstance(fn, Function) or not callable(fn) or not _NAME_RE.match(name):
-            raise InvalidRequestError(
-                f"{where} decorates a plain function defined with `def`, not {fn!r}; "
-                "use one decorator per function"
-            )
-        try:
-            inspect.signature(fn).bind()
-        except TypeError:
-            raise InvalidRequestError(
-                f"{where} on {name}: a scheduled task is called with no arguments; give its "
-                "parameters defaults or remove them",
-                details={"field": "function", "reason": "needs_arguments"},
-            ) from None
-        except ValueError:
-            pass  # no signature to inspect (a builtin): let it be
+        name = argless_function_name(fn, where=where, called="a scheduled task is called")
         handle = ScheduledTask(
             fn,
             name=name,

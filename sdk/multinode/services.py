@@ -17,7 +17,6 @@ to run there too should listen on ``PORT``.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 from multinode import wire
 from multinode._spec import _parse_int, build_spec
 from multinode.errors import InvalidRequestError, NotFoundError, ServiceNotReadyError
-from multinode.functions import _NAME_RE, _REGISTRY, Function
+from multinode.functions import _REGISTRY, Function, argless_function_name
 
 DEFAULT_READY_TIMEOUT_S = 120.0
 _LOG_LINES = 20
@@ -125,22 +124,7 @@ def service(
     base = build_spec("the decorated function", kind="service", **resources)
 
     def decorate(fn: Callable[..., Any]) -> Service:
-        name = getattr(fn, "__name__", "")
-        if isinstance(fn, Function) or not callable(fn) or not _NAME_RE.match(name):
-            raise InvalidRequestError(
-                f"{where} decorates a plain function defined with `def`, not {fn!r}; "
-                "use one decorator per function"
-            )
-        try:
-            inspect.signature(fn).bind()
-        except TypeError:
-            raise InvalidRequestError(
-                f"{where} on {name}: a service is started with no arguments; give its "
-                "parameters defaults or remove them",
-                details={"field": "function", "reason": "needs_arguments"},
-            ) from None
-        except ValueError:
-            pass  # no signature to inspect (a builtin): let it be
+        name = argless_function_name(fn, where=where, called="a service is started")
         # Its instance is its own: terminate it as soon as the replica stops.
         spec = base.model_copy(
             update={"kind": "service", "port": port, "replicas": replicas, "cooldown_s": 0.0}
