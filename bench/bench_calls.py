@@ -28,7 +28,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from _common import cpu_seconds, free_port, percentile
+from _common import cpu_by_role, cpu_seconds, free_port, percentile, role_delta
 
 APP_SOURCE = """
 import multinode as mn
@@ -132,10 +132,12 @@ def run_calls(home: Path, cp_pid: int, args: argparse.Namespace) -> dict:
 
     noop.map(range(min(500, args.map)))  # let every slot's worker start before timing
     cpu_before = cpu_seconds(cp_pid)
+    roles_before = cpu_by_role(os.getpid())
     t = time.perf_counter()
     results = noop.map(range(args.map))
     elapsed = time.perf_counter() - t
     cpu_used = cpu_seconds(cp_pid) - cpu_before
+    roles = role_delta(roles_before, cpu_by_role(os.getpid()))
     assert results == list(range(args.map)), "map returned wrong results"
     figures["map"] = {
         "inputs": args.map,
@@ -143,6 +145,11 @@ def run_calls(home: Path, cp_pid: int, args: argparse.Namespace) -> dict:
         "inputs_per_s": round(args.map / elapsed),
     }
     figures["controlplane_cpu_ms_per_call"] = round(cpu_used * 1000 / args.map, 3)
+    # Where the machine's CPU went during the map, per call, summed over each role's
+    # processes (every process of the local cloud, and this one as the client).
+    figures["cpu_ms_per_call_by_role"] = {
+        role: round(seconds * 1000 / args.map, 3) for role, seconds in roles.items()
+    }
     figures["instances"] = len(mn.list_instances(app="bench"))
     return figures
 

@@ -270,15 +270,22 @@ class Assignment(BaseModel):
     port: int | None = Field(None, description="service: the port its process listens on")
 
 
+MAX_PREFETCH = 16
+"""Most instances' worth of calls an agent may hold beyond its free capacity."""
+
+
 class PollRequest(BaseModel):
     """Long-poll for work; it doubles as the agent's heartbeat."""
 
     running: list[str] = Field(default_factory=list, description="attempt ids still running here")
     wait: float = Field(20.0, ge=0, le=60)
-    prefetch: bool = Field(
-        False,
-        description="also take up to one instance's worth of calls beyond the free capacity, "
-        "to start as slots free up (agents ask while their calls are short)",
+    prefetch: int = Field(
+        0,
+        ge=0,
+        le=MAX_PREFETCH,
+        description="also take up to this many instances' worth of calls beyond the free "
+        "capacity, to start as slots free up (agents ask while their calls are short: the "
+        "shorter, the more)",
     )
 
 
@@ -326,7 +333,7 @@ class ReportRequest(BaseModel):
         description="prefetched attempt ids this agent could not start soon enough; their "
         "calls are queued again without spending retries",
     )
-    prefetch: bool = Field(False, description="as in PollRequest, for the refill")
+    prefetch: int = Field(0, ge=0, le=MAX_PREFETCH, description="as in PollRequest, for the refill")
     progress: list[AttemptProgress] = Field(
         default_factory=list, description="the latest value each running job yielded"
     )

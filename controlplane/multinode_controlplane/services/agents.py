@@ -65,7 +65,7 @@ def register(ctx: Context, req: wire.RegisterRequest) -> wire.RegisterResponse:
 
 
 def poll_once(
-    ctx: Context, instance_id: str, running: Sequence[str], prefetch: bool = False
+    ctx: Context, instance_id: str, running: Sequence[str], prefetch: int = 0
 ) -> wire.PollResponse:
     """Record a heartbeat, then answer what the agent must do now (no waiting).
 
@@ -272,7 +272,7 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
             # update above holds the instance's row lock) and answer with the new work,
             # which saves a map one poll round trip per batch.
             assignments = _claim_for(
-                ctx, session, instance, now, prefetch=req.prefetch and not req.released
+                ctx, session, instance, now, prefetch=0 if req.released else req.prefetch
             )
     ctx.notifier.calls_finished(finished)
     if services_changed:
@@ -300,7 +300,7 @@ def _is_current(row, instance_id: str, attempt_id: str, fence: int) -> bool:  # 
 
 
 def _claim_for(
-    ctx: Context, session, instance, now: float, *, prefetch: bool = False
+    ctx: Context, session, instance, now: float, *, prefetch: int = 0
 ) -> list[wire.Assignment]:  # type: ignore[no-untyped-def]
     """Claim what fits ``instance`` (whose row this transaction has already locked)."""
     app_name = session.execute(

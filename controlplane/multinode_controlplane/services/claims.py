@@ -47,11 +47,12 @@ def claim(
     app_name: str,
     now: float,
     limit: int,
-    prefetch: bool = False,
+    prefetch: int = 0,
 ) -> list[wire.Assignment]:
     """Claim the queued calls of the instance's app that fit its free capacity (with
-    ``prefetch``, that capacity plus the instance's whole size again: the agent queues the
-    extra calls and starts them as its slots free up, so no slot waits on a round trip).
+    ``prefetch``, that capacity plus ``prefetch`` times the instance's whole size: the agent
+    queues the extra calls and starts them as its slots free up, so no slot waits on a
+    round trip).
 
     Must run inside a write transaction that already holds the instance's row (the
     heartbeat update takes it), so two polls of one instance cannot book the same
@@ -63,8 +64,11 @@ def claim(
     free = free_capacity(
         session, instance.id, instance.vcpus, instance.memory_mib, instance.gpu_count
     )
-    if prefetch and not instance.dedicated:
-        free = free + Resources.of(instance.vcpus, instance.memory_mib, instance.gpu_count)
+    if prefetch > 0 and not instance.dedicated:
+        whole = Resources.of(instance.vcpus, instance.memory_mib, instance.gpu_count)
+        free = free + Resources(
+            whole.cpu_m * prefetch, whole.memory_mib * prefetch, whole.gpus * prefetch
+        )
     if free.cpu_m <= 0:
         return []
     c = m.calls.c
