@@ -3,9 +3,11 @@
 Threads of one agent, each with its own HTTP client:
 
 * the control thread registers, then long-polls ``/v1/agent/poll`` (the poll is also the
-  heartbeat) and hands each assignment to a runner at once;
-* runner threads (a pool) each drive one attempt: fetch the function blob if the worker
-  lacks it, run the job in a worker process, queue the result;
+  heartbeat) and queues each assignment at once;
+* lane threads (:mod:`multinode_agent.dispatch`) each take the oldest queued call that
+  fits the free CPU, with, while calls are short, more calls of the same function, fetch
+  the function blob if the worker lacks it, run the batch in one worker process and queue
+  the results; a service replica gets a runner thread of its own;
 * the reporter thread posts results and log lines in batches.
 
 :meth:`Agent.run` blocks until the agent stops: on :meth:`Agent.stop`, when the server
@@ -17,6 +19,7 @@ than ``unreachable_limit_s``. In all but the first case the machine is shut down
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import socket
 import subprocess
@@ -29,6 +32,7 @@ from enum import Enum
 import cloudpickle
 
 from multinode.wire import (
+    MAX_PREFETCH,
     AgentLog,
     Assignment,
     AttemptProgress,
@@ -49,16 +53,21 @@ from multinode_agent.client import (
     Unreachable,
     backoff,
 )
+from multinode_agent.dispatch import Dispatcher, Pace
 from multinode_agent.reporter import Reporter
 from multinode_agent.service_runner import ServiceRunner, placement
 from multinode_agent.settings import AgentSettings
-from multinode_agent.slots import CpuSlots, Pace
 from multinode_agent.worker import Job, LogLine, Outcome, Worker, WorkerPool
 
 log = logging.getLogger(__name__)
 
-_MAX_RUNNERS = 4096  # far above any instance's concurrent attempts; threads are reused
+_MAX_RUNNERS = 4096  # far above any instance's service replicas; threads are reused
 _FLUSH_S = 5.0
+# While calls are short, a lane batches about this much work into one worker round trip,
+# and the agent asks for enough prefetched calls to keep its slots busy this long.
+_BATCH_S = 0.01
+_PREFETCH_COVER_S = 0.05
+_MAX_BATCH = 64
 
 
 class StopReason(str, Enum):
@@ -76,7 +85,12 @@ class StopReason(str, Enum):
         return self is not StopReason.stopped
 
 
-@dataclass
+def _batch_key(a: Assignment) -> str | None:
+    """Calls of one function may share a worker round trip; jobs and services never do."""
+    return a.blob_hash if a.kind == "function" else None
+
+
+@dataclass(eq=False)
 class _Attempt:
     assignment: Assignment
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -84,6 +98,10 @@ class _Attempt:
     finished: bool = False  # its worker may already run another attempt
     worker: Worker | None = None
     service: ServiceRunner | None = None  # set while a service replica runs
+
+    @property
+    def attempt_id(self) -> str:
+        return self.assignment.attempt_id
 
 
 class Agent:
@@ -110,13 +128,14 @@ class Agent:
         self._token: str | None = None
         self._attempts: dict[str, _Attempt] = {}
         self._attempts_lock = threading.Lock()
+        self._unfinished = 0  # attempts here not yet finished (read without the lock)
         self._runners = ThreadPoolExecutor(_MAX_RUNNERS, thread_name_prefix="mn-runner")
         self._local = threading.local()
         self._clients: list[ControlPlaneClient] = []
         self._clients_lock = threading.Lock()
         self._reporter: Reporter | None = None
         self._blobs = BlobCache(cache_dir=settings.cache_dir, fetch=self._fetch_blob)
-        self._slots = CpuSlots(1.0)  # sized at registration
+        self._dispatcher: Dispatcher[_Attempt] | None = None  # sized at registration
         self._pace = Pace(settings.prefetch_below_s)
 
     # ------------------------------------------------------------------ lifecycle
@@ -199,14 +218,22 @@ class Agent:
                 failures += 1
                 continue
             self.registration = answer
-            self._slots = CpuSlots(answer.vcpus)
+            self._dispatcher = Dispatcher(
+                vcpus=answer.vcpus,
+                run=self._run_batch,
+                batch_limit=self._batch_limit,
+                max_wait_s=self.settings.prefetch_max_wait_s,
+                on_expired=self._give_back,
+            )
             self._token = answer.agent_token
             client.token = answer.agent_token
             log.info("registered as instance %s of app %s", answer.instance_id, answer.app)
             self._reporter = Reporter(
                 self._client(),
                 interval_s=self.settings.report_interval_s,
-                busy=lambda: bool(self.running_attempts),
+                busy=lambda: self._unfinished > 0,
+                deep=self._has_backlog,
+                deep_interval_s=self.settings.report_interval_busy_s,
                 on_sent=self._forget,
                 on_unauthorized=lambda: self.stop(StopReason.unauthorized),
                 on_assignments=self._handle_refill,
@@ -253,7 +280,11 @@ class Agent:
                 if assignment.attempt_id in self._attempts:
                     continue  # a repeat of an assignment already running here
                 attempt = self._attempts[assignment.attempt_id] = _Attempt(assignment)
-            self._runners.submit(self._run_attempt, attempt)
+                self._unfinished += 1
+            if assignment.kind == "service" or self._dispatcher is None:
+                self._runners.submit(self._run_attempt, attempt)
+            else:
+                self._dispatcher.submit(attempt, cpu=assignment.cpu, key=_batch_key(assignment))
         if answer.shutdown:
             log.info("the control plane asked this agent to shut down")
             self.stop(StopReason.shutdown)
@@ -276,6 +307,10 @@ class Agent:
                 attempt.service.cancel()
             elif attempt.worker is not None:
                 attempt.worker.cancel(attempt_id)
+                return
+            queued = self._dispatcher is not None and self._dispatcher.remove(attempt)
+        if queued:  # never started: no lane will see it
+            self._finish(attempt, Outcome("cancelled", reason="cancelled on request"))
 
     def _give_up_if_unreachable(self, exc: Exception) -> bool:
         if not self._reach.exceeded():
@@ -291,14 +326,94 @@ class Agent:
         self.stop(StopReason.unreachable)
         return True
 
-    # ------------------------------------------------------------------ runner threads
+    # ------------------------------------------------------------------ lanes and runners
+
+    def _run_batch(self, batch: list[_Attempt]) -> None:
+        """Run calls of one function (usually one call) in one worker; called by a lane."""
+        if self._stop.is_set():
+            return  # stopping: the server re-dispatches what never ran
+        first = batch[0].assignment
+        started = time.monotonic()
+        finished = 0
+        try:
+            worker = self._pool.acquire(prefer_function=first.blob_hash)
+        except Exception as exc:
+            self._fail_all(batch, exc)
+            return
+        try:
+            blob = None
+            if not worker.has_function(first.blob_hash):
+                blob = self._blob(first.blob_hash)
+                if blob is None:
+                    return  # the agent is stopping
+                if isinstance(blob, Outcome):
+                    for attempt in batch:
+                        self._finish(attempt, blob)
+                    return
+            live: dict[str, _Attempt] = {}
+            for attempt in batch:
+                with attempt.lock:
+                    if not attempt.cancelled:
+                        attempt.worker = worker
+                        live[attempt.attempt_id] = attempt
+                        continue
+                self._finish(attempt, Outcome("cancelled", reason="cancelled on request"))
+            if not live:
+                return
+
+            def done(job: Job, outcome: Outcome) -> None:
+                nonlocal finished
+                finished += 1
+                self._finish(live[job.attempt_id], outcome)
+
+            left = worker.run_batch(
+                [self._job(a.assignment, blob) for a in live.values()],
+                on_logs=self._add_logs,
+                on_done=done,
+                on_progress=lambda job, seq, value: self._add_progress(
+                    live[job.attempt_id].assignment, seq, value
+                ),
+            )
+        except Unauthorized:
+            self.stop(StopReason.unauthorized)
+            return
+        except Exception as exc:
+            if not self._stop.is_set():
+                log.exception("attempts %s could not be run", [a.attempt_id for a in batch])
+            self._fail_all([a for a in batch if not a.finished], exc)
+            return
+        finally:
+            self._pool.release(worker)
+            if finished:
+                self._pace.record((time.monotonic() - started) / finished)
+        if left and self._dispatcher is not None:
+            # An earlier call of the batch was killed (timeout, cancel) or its worker died:
+            # the calls after it never started, so they run in another worker.
+            again = []
+            for job in left:
+                attempt = live[job.attempt_id]
+                with attempt.lock:
+                    attempt.worker = None
+                    cancelled = attempt.cancelled
+                if cancelled:
+                    self._finish(attempt, Outcome("cancelled", reason="cancelled on request"))
+                else:
+                    again.append(attempt)
+            if again:
+                self._dispatcher.requeue(again, cpu=first.cpu, key=_batch_key(first))
+
+    def _fail_all(self, batch: list[_Attempt], exc: Exception) -> None:
+        reason = f"the agent could not run the attempt: {exc}"
+        for attempt in batch:
+            self._finish(attempt, Outcome("failed", reason=reason))
 
     def _run_attempt(self, attempt: _Attempt) -> None:
+        """Keep a service replica running (a runner thread of its own)."""
         a = attempt.assignment
         try:
-            outcome = self._serve(attempt) if a.kind == "service" else self._execute(attempt)
+            outcome = self._serve(attempt)
         except Unauthorized:
-            attempt.finished = True
+            self._mark_finished(attempt)
             self.stop(StopReason.unauthorized)
             return
         except Exception as exc:
@@ -306,8 +421,12 @@ class Agent:
                 return
             log.exception("attempt %s could not be run", a.attempt_id)
             outcome = Outcome("failed", reason=f"the agent could not run the attempt: {exc}")
-        with attempt.lock:
-            attempt.finished = True
+        self._finish(attempt, outcome)
+
+    def _finish(self, attempt: _Attempt, outcome: Outcome | None) -> None:
+        """Record how an attempt ended and queue its result for the reporter."""
+        a = attempt.assignment
+        self._mark_finished(attempt)
         if outcome is None or (self._stop.is_set() and outcome.status != "succeeded"):
             # Killed by our own teardown: no result; the server treats the VM as lost.
             return
@@ -325,57 +444,47 @@ class Agent:
         if self._reporter is not None:
             self._reporter.add_result(result)
 
-    def _want_prefetch(self) -> bool:
-        return self.settings.prefetch_below_s > 0 and self._pace.short()
+    def _mark_finished(self, attempt: _Attempt) -> None:
+        """From now on its worker may run another attempt, and polls no longer list it."""
+        with attempt.lock:
+            if attempt.finished:
+                return
+            attempt.finished = True
+        with self._attempts_lock:
+            self._unfinished -= 1
 
-    def _execute(self, attempt: _Attempt) -> Outcome | None:
-        a = attempt.assignment
-        if attempt.cancelled:
-            return Outcome("cancelled", reason="cancelled on request")
-        # Prefetched work waits here for a slot; the rest finds one free at once.
-        if not self._slots.acquire(
-            a.cpu,
-            timeout=self.settings.prefetch_max_wait_s,
-            abort=lambda: attempt.cancelled or self._stop.is_set(),
-        ):
-            if attempt.cancelled:
-                return Outcome("cancelled", reason="cancelled on request")
-            if not self._stop.is_set() and self._reporter is not None:
-                log.info(
-                    "giving back %s: no slot for it within %gs",
-                    a.attempt_id,
-                    self.settings.prefetch_max_wait_s,
-                )
-                self._pace.reset()  # calls are not short here after all: stop prefetching
-                self._reporter.add_released(a.attempt_id)
-            return None
-        started = time.monotonic()
-        try:
-            return self._execute_in_slot(attempt)
-        finally:
-            self._slots.release(a.cpu)
-            self._pace.record(time.monotonic() - started)
+    def _give_back(self, attempt: _Attempt) -> None:
+        """A prefetched call waited too long for the CPU: return it unstarted."""
+        self._mark_finished(attempt)
+        if self._stop.is_set() or self._reporter is None:
+            return
+        log.info(
+            "giving back %s: no slot for it within %gs",
+            attempt.attempt_id,
+            self.settings.prefetch_max_wait_s,
+        )
+        self._pace.reset()  # calls are not short here after all: stop prefetching
+        self._reporter.add_released(attempt.attempt_id)
 
-    def _execute_in_slot(self, attempt: _Attempt) -> Outcome | None:
-        a = attempt.assignment
-        worker = self._pool.acquire(prefer_function=a.blob_hash)
-        try:
-            blob = None
-            if not worker.has_function(a.blob_hash):
-                blob = self._blob(a.blob_hash)
-                if blob is None or isinstance(blob, Outcome):
-                    return blob  # None: the agent is stopping
-            with attempt.lock:
-                if attempt.cancelled:
-                    return Outcome("cancelled", reason="cancelled on request")
-                attempt.worker = worker
-            return worker.run(
-                self._job(a, blob),
-                on_logs=self._add_logs,
-                on_progress=lambda seq, value: self._add_progress(a, seq, value),
-            )
-        finally:
-            self._pool.release(worker)
+    def _want_prefetch(self) -> int:
+        """How many instance-sizes of calls to hold beyond the free slots: none unless
+        recent calls were short, and the shorter they were, the more (up to
+        ``MAX_PREFETCH``), so the queue covers about ``_PREFETCH_COVER_S`` of work."""
+        mean = self._pace.mean()
+        if self.settings.prefetch_below_s <= 0 or not self._pace.short() or mean is None:
+            return 0
+        return max(1, min(MAX_PREFETCH, math.ceil(_PREFETCH_COVER_S / max(mean, 1e-6))))
+
+    def _batch_limit(self) -> int:
+        """How many calls of one function a lane may run in one worker round trip."""
+        mean = self._pace.mean()
+        if not self._pace.short() or mean is None:
+            return 1
+        return max(1, min(_MAX_BATCH, int(_BATCH_S / max(mean, 1e-6))))
+
+    def _has_backlog(self) -> bool:
+        """Whether calls wait here for CPU (then refilling them is not urgent)."""
+        return self._dispatcher is not None and self._dispatcher.backlog() > 0
 
     def _serve(self, attempt: _Attempt) -> Outcome | None:
         """Keep a service replica running until it is cancelled (see service_runner)."""
@@ -490,6 +599,8 @@ class Agent:
 
     def _teardown(self, reason: StopReason) -> None:
         log.info("stopping (%s): stopping worker processes", reason.value)
+        if self._dispatcher is not None:
+            self._dispatcher.close()
         self._pool.close()
         self._runners.shutdown(wait=True, cancel_futures=True)
         if self._reporter is not None:

@@ -40,6 +40,8 @@ class Reporter:
         client: used only by the reporter thread.
         interval_s: the longest an item waits to be batched with later ones.
         busy: whether other attempts still run here (then results are worth batching).
+        deep: whether calls wait here for CPU; then the refill a report brings is not
+            urgent, and results wait up to ``deep_interval_s`` to travel in larger batches.
         on_sent: called with the attempt ids whose results the server has taken or
             rejected (either way they are no longer this agent's concern).
         on_unauthorized: called once if the server answers 401; the thread then stops.
@@ -53,14 +55,18 @@ class Reporter:
         *,
         interval_s: float,
         busy: Callable[[], bool] = lambda: False,
+        deep: Callable[[], bool] = lambda: False,
+        deep_interval_s: float = 0.0,
         on_sent: Callable[[list[str]], None],
         on_unauthorized: Callable[[], None],
         on_assignments: Callable[[list[Assignment]], None] = lambda _work: None,
-        prefetch: Callable[[], bool] = lambda: False,
+        prefetch: Callable[[], int] = lambda: 0,
     ) -> None:
         self._client = client
         self._interval_s = interval_s
         self._busy = busy
+        self._deep = deep
+        self._deep_interval_s = max(deep_interval_s, interval_s)
         self._on_sent = on_sent
         self._on_unauthorized = on_unauthorized
         self._on_assignments = on_assignments
@@ -82,7 +88,10 @@ class Reporter:
         """Queue a result; returns at once."""
         with self._cond:
             self._results.append(result)
-            self._cond.notify()
+            # Wake the thread only when this result changes what it does: the first one
+            # starts a batch, a full batch or the last running attempt's result ends one.
+            if len(self._results) in (1, _MAX_RESULTS) or not self._busy():
+                self._cond.notify()
 
     def add_logs(self, lines: list[AgentLog]) -> None:
         """Queue log lines; returns at once."""
@@ -179,16 +188,20 @@ class Reporter:
                 # A lone result goes at once: a caller is waiting on it. With other attempts
                 # still running (a map), results wait briefly to share one report, and so
                 # does the poll that refills the freed capacity.
-                deadline = time.monotonic() + self._interval_s
-                self._cond.wait_for(
-                    lambda: (
-                        self._stopping
-                        or len(self._results) >= _MAX_RESULTS
-                        or time.monotonic() >= deadline
-                        or (self._results and not self._busy())  # the last one is in
-                    ),
-                    timeout=self._interval_s,
-                )
+                # While calls queue here for CPU, the slots stay busy without a refill:
+                # wait longer, so a report carries more results (and its refill more calls).
+                # Looked at every interval_s, as whether calls queue here changes unannounced.
+                start = time.monotonic()
+                while not (
+                    self._stopping
+                    or len(self._results) >= _MAX_RESULTS
+                    or (self._results and not self._busy())  # the last one is in
+                ):
+                    limit = self._deep_interval_s if self._deep() else self._interval_s
+                    remaining = start + limit - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(min(remaining, self._interval_s))
             results = [
                 self._results.popleft() for _ in range(min(len(self._results), _MAX_RESULTS))
             ]
@@ -204,7 +217,7 @@ class Reporter:
             services=services,
             released=released,
             progress=progress,
-            prefetch=self._prefetch() and not released,
+            prefetch=0 if released else self._prefetch(),
         )
 
     def _has_items(self) -> bool:

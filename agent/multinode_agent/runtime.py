@@ -9,7 +9,10 @@ agent → worker:
     ``blob`` (the pickled function, or None when this worker already loaded it), ``input``
     (pickled ``(args, kwargs)``), ``python_version``, ``cloudpickle_version``, ``env``,
     and optionally ``kind`` (``"job"`` drives a returned generator, see :func:`drive`)
-    and ``progress_interval_s``.
+    and ``progress_interval_s``. Several may be sent back to back (a batch of short
+    calls): they run one after another, in the order sent.
+    ``("skip", attempt_id)``: drop that job if it has not started; its ``done`` then says
+    ``cancelled`` with ``skipped`` true. Ignored for a job that started or is unknown.
 
 worker → agent:
     ``("ready", pid)`` once, when the worker can take jobs.
@@ -18,10 +21,11 @@ worker → agent:
     ``("progress", attempt_id, seq, value)`` while a job's generator runs: the pickled
     ``seq``-th value it yielded, at most one per ``progress_interval_s`` (the latest wins,
     :class:`multinode_agent.progress.ProgressSender`), all before the job's ``done``.
-    ``("done", attempt_id, outcome)``: ``outcome`` is a dict with ``status``
+    ``("done", [(attempt_id, outcome), ...])``: one or more jobs ended, in order
+    (:class:`OutcomeSender`); ``outcome`` is a dict with ``status``
     (``succeeded``/``failed``), ``output``, ``error`` (a dict with the fields of
     :class:`multinode.wire.CallError`), ``reason`` and ``cached`` (whether the function is
-    now loaded here, so the agent stops sending its blob). Every log line of the job is
+    now loaded here, so the agent stops sending its blob). Every log line of a job is
     sent before its ``done``.
 
 This module imports only the standard library and cloudpickle, so a worker starts fast.
@@ -41,6 +45,7 @@ import threading
 import time
 import traceback
 from codecs import getincrementaldecoder
+from collections import deque
 from collections.abc import Callable, Generator
 from multiprocessing.connection import Connection
 from typing import Any
@@ -92,51 +97,118 @@ def main() -> None:
     capture = OutputCapture(send)
     progress = ProgressSender(send)
     functions: dict[str, Callable[..., Any]] = {}
+    unloadable: dict[str, str] = {}
+    queued: deque[dict] = deque()
+    outcomes = OutcomeSender(send)
     send(("ready", os.getpid()))
     while True:
         try:
-            message = conn.recv()
+            # Take everything the agent has sent before starting the next job, so a skip
+            # sent for a queued job is seen in time.
+            while not queued or conn.poll(0):
+                _take(conn.recv(), queued, send)
         except (EOFError, OSError):
             os._exit(0)  # the agent is gone; nothing to hand results to
-        if message[0] != "run":
-            continue
-        job = message[1]
+        job = queued.popleft()
         # Unpickling and pickling run user code too (imports, __reduce__), so the capture
         # spans the whole job.
         capture.begin(job["attempt_id"])
         progress.begin(job["attempt_id"], job.get("progress_interval_s", 0.5))
         try:
-            outcome = run_job(job, functions, progress)
+            outcome = run_job(job, functions, progress, unloadable)
         finally:
             progress.end()
             capture.end()
-        send(("done", job["attempt_id"], outcome))
+        outcomes.add(job["attempt_id"], outcome, more=bool(queued))
+
+
+class OutcomeSender:
+    """Sends jobs' outcomes as ``("done", [(attempt_id, outcome), ...])``.
+
+    The last job of a batch is answered at once. An outcome followed by another queued
+    job waits up to ``hold_s`` (a thread sends it then), so a batch of short calls costs
+    the agent one wake-up per ``hold_s`` rather than per call, while the agent still
+    learns within ``hold_s`` when each job ended (it times the next job from then).
+    """
+
+    def __init__(self, send: Callable[[tuple], None], hold_s: float = 0.002) -> None:
+        self._send = send
+        self._hold_s = hold_s
+        self._pending: list[tuple[str, dict]] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._run, name="mn-outcomes", daemon=True).start()
+
+    def add(self, attempt_id: str, outcome: dict, *, more: bool) -> None:
+        with self._cond:
+            self._pending.append((attempt_id, outcome))
+            if not more:
+                self._flush()
+            elif len(self._pending) == 1:
+                self._cond.notify()  # start the hold
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                self._cond.wait_for(lambda: self._pending)
+                self._cond.wait(self._hold_s)
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._send(("done", self._pending))
+            self._pending = []
+
+
+def _take(message: tuple, queued: deque[dict], send: Callable[[tuple], None]) -> None:
+    """Queue a ``run``; apply a ``skip`` to a queued job (answering its ``done`` at once)."""
+    if message[0] == "run":
+        queued.append(message[1])
+    elif message[0] == "skip":
+        for job in queued:
+            if job["attempt_id"] == message[1]:
+                queued.remove(job)
+                # The function travels with the first job of a batch that needs it.
+                heir = next((j for j in queued if j["blob_hash"] == job["blob_hash"]), None)
+                if heir is not None and heir["blob"] is None:
+                    heir["blob"] = job["blob"]
+                outcome = {"status": "cancelled", "reason": "cancelled on request", "skipped": True}
+                send(("done", [(message[1], outcome)]))
+                return
 
 
 def run_job(
-    job: dict, functions: dict[str, Callable[..., Any]], progress: ProgressSender | None = None
+    job: dict,
+    functions: dict[str, Callable[..., Any]],
+    progress: ProgressSender | None = None,
+    unloadable: dict[str, str] | None = None,
 ) -> dict:
     """Run one job and describe its outcome; never raises for anything the user's code does.
 
     ``functions`` caches unpickled functions by blob hash across jobs; a function is cached
-    only once it unpickled, and the outcome's ``cached`` says whether it is. A generator
-    returned by a function of kind ``"job"`` is driven by :func:`drive`, its values
-    offered to ``progress``.
+    only once it unpickled, and the outcome's ``cached`` says whether it is. ``unloadable``
+    remembers why a blob could not be unpickled, for the later jobs of a batch that were
+    sent without it. A generator returned by a function of kind ``"job"`` is driven by
+    :func:`drive`, its values offered to ``progress``.
     """
-    os.environ.update(job["env"])
+    _set_env(job["env"])
     mismatch = version_mismatch(job["python_version"], job["cloudpickle_version"])
     if mismatch:
         return _failed(mismatch, cached=job["blob_hash"] in functions)
     func = functions.get(job["blob_hash"])
     if func is None:
         if job["blob"] is None:
+            known = (unloadable or {}).get(job["blob_hash"])
             return _failed(
-                f"function blob {job['blob_hash']} was not sent to the worker", cached=False
+                known or f"function blob {job['blob_hash']} was not sent to the worker",
+                cached=False,
             )
         try:
             func = cloudpickle.loads(job["blob"])
         except Exception as exc:
-            return _failed(_unpickle_message(f"function {job['function']}", exc, job), cached=False)
+            message = _unpickle_message(f"function {job['function']}", exc, job)
+            if unloadable is not None:
+                unloadable[job["blob_hash"]] = message
+            return _failed(message, cached=False)
         functions[job["blob_hash"]] = func
     try:
         args, kwargs = cloudpickle.loads(job["input"])
@@ -153,6 +225,15 @@ def run_job(
     except Exception as exc:
         return {"status": "failed", "error": _unpicklable_result(value, exc), "cached": True}
     return {"status": "succeeded", "output": output, "cached": True}
+
+
+def _set_env(env: dict[str, str]) -> None:
+    """Set the job's variables; only the changed ones (consecutive calls of one function
+    differ in one or two)."""
+    environ = os.environ
+    for key, value in env.items():
+        if environ.get(key) != value:
+            environ[key] = value
 
 
 def drive(generator: Generator[Any, None, Any], offer: Callable[[int, bytes], None]) -> dict:

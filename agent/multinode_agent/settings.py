@@ -66,6 +66,14 @@ class AgentSettings(BaseSettings):
         description="longest time a finished result or log line waits so it can be sent in "
         "one report together with others (MN_AGENT_REPORT_INTERVAL_S)",
     )
+    report_interval_busy_s: float = Field(
+        0.1,
+        ge=0,
+        le=5,
+        description="as report_interval_s, while calls queue on this instance for CPU: the "
+        "slots stay busy without a refill, so results wait longer to travel in larger "
+        "batches (MN_AGENT_REPORT_INTERVAL_BUSY_S)",
+    )
     progress_interval_s: float = Field(
         0.5,
         ge=0,
@@ -83,9 +91,10 @@ class AgentSettings(BaseSettings):
     prefetch_below_s: float = Field(
         0.5,
         ge=0,
-        description="while this agent's calls take less than this on average, it asks for up "
-        "to one instance's worth of calls beyond its free slots, so a slot never waits on a "
-        "round trip; 0 turns prefetching off (MN_AGENT_PREFETCH_BELOW_S)",
+        description="while this agent's calls take less than this on average, it asks for "
+        "calls beyond its free slots (one instance's worth, up to 16 for very short calls), "
+        "so a slot never waits on a round trip, and runs short calls of one function in "
+        "batches; 0 turns prefetching off (MN_AGENT_PREFETCH_BELOW_S)",
     )
     prefetch_max_wait_s: float = Field(
         5.0,

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Literal
@@ -109,7 +109,8 @@ class Worker:
         self._poller = select.poll()
         self._poller.register(self._conn.fileno(), select.POLLIN)
         self._poller.register(self._wake_r, select.POLLIN)
-        self._cancel_for: str | None = None
+        self._cancels: set[str] = set()
+        self._events: list[tuple[int, int]] = []
         self._functions: set[str] = set()
         self._dead = False
         self.idle_since = time.monotonic()
@@ -152,54 +153,115 @@ class Worker:
         Raises:
             ValueError: ``job.blob`` is None but this worker has not loaded that function.
         """
-        if job.blob is None and job.blob_hash not in self._functions:
-            raise ValueError(f"worker {self.pid} has not loaded {job.blob_hash}; send the blob")
-        message = {
-            "attempt_id": job.attempt_id,
-            "function": job.function,
-            "blob_hash": job.blob_hash,
-            "blob": None if job.blob_hash in self._functions else job.blob,
-            "input": job.input,
-            "python_version": job.python_version,
-            "cloudpickle_version": job.cloudpickle_version,
-            "env": dict(job.env),
-            "kind": job.kind,
-            "progress_interval_s": job.progress_interval_s,
-        }
-        deadline = time.monotonic() + job.timeout_s
+        outcomes: list[Outcome] = []
+        self.run_batch(
+            [job],
+            on_logs=on_logs,
+            on_done=lambda _job, outcome: outcomes.append(outcome),
+            on_progress=None if on_progress is None else lambda _job, seq, v: on_progress(seq, v),
+        )
+        return outcomes[0]
+
+    def run_batch(
+        self,
+        jobs: Sequence[Job],
+        *,
+        on_logs: LogSink,
+        on_done: Callable[[Job, Outcome], None],
+        on_progress: Callable[[Job, int, bytes], None] | None = None,
+    ) -> list[Job]:
+        """Run ``jobs`` one after another in this process, handing each outcome to
+        ``on_done`` as soon as that job ends. Sending them together costs the process one
+        wake-up per batch of short calls rather than per call.
+
+        Each job has its own ``timeout_s``, counted from when the job before it ended. A
+        timeout, a :meth:`cancel` of the running job, or the process dying ends the
+        running job as in :meth:`run` and kills the worker; the jobs after it never
+        started and are returned, for the caller to run elsewhere. A :meth:`cancel` of a
+        job that has not started drops it (``cancelled``) and the batch goes on.
+
+        Returns:
+            The jobs that never started (empty when every job got an outcome).
+
+        Raises:
+            ValueError: a job's function is neither loaded here nor sent with an earlier
+                job of the batch.
+        """
+        loaded = set(self._functions)
+        for job in jobs:
+            if job.blob is None and job.blob_hash not in loaded:
+                raise ValueError(f"worker {self.pid} has not loaded {job.blob_hash}; send the blob")
+            loaded.add(job.blob_hash)
+        by_id = {job.attempt_id: job for job in jobs}
+        self._cancels.intersection_update(by_id)  # requests for earlier batches are stale
+        sent_blobs: set[str] = set()
         try:
-            self._conn.send(("run", message))
+            for job in jobs:
+                blob = None
+                if job.blob_hash not in self._functions and job.blob_hash not in sent_blobs:
+                    blob = job.blob
+                    sent_blobs.add(job.blob_hash)
+                self._conn.send(("run", self._message(job, blob)))
         except OSError:
-            return self._died()
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            outcome = self._died()
+            on_done(jobs[0], outcome)
+            return list(jobs[1:])
+        remaining = list(jobs)  # in order; the first is running
+        skipped: set[str] = set()
+        deadline = time.monotonic() + remaining[0].timeout_s
+        while remaining:
+            head = remaining[0]
+            timed_out = self._wait(deadline)
+            if timed_out:
                 self.kill()
-                return Outcome("timed_out", reason=f"exceeded timeout of {job.timeout_s:g}s")
-            # poll() takes a C int of milliseconds; a service's timeout is far beyond it.
-            events = self._poller.poll(max(1, int(min(remaining, 3600.0) * 1000) + 1))
-            for fd, _ in events:
-                if fd == self._wake_r:
-                    _drain(self._wake_r)
-                    if self._cancel_for == job.attempt_id:
-                        self.kill()
-                        return Outcome("cancelled", reason="cancelled on request")
-                    continue
+                on_done(
+                    head, Outcome("timed_out", reason=f"exceeded timeout of {head.timeout_s:g}s")
+                )
+                return remaining[1:]
+            if self._woken():
+                if head.attempt_id in self._cancels:
+                    self.kill()
+                    on_done(head, Outcome("cancelled", reason="cancelled on request"))
+                    return remaining[1:]
+                for attempt_id in self._cancels - skipped:
+                    skipped.add(attempt_id)
+                    try:
+                        self._conn.send(("skip", attempt_id))
+                    except OSError:
+                        break  # the recv below sees the death
+            while self._conn.poll(0):
                 try:
                     reply = self._conn.recv()
                 except (EOFError, OSError):
-                    return self._died()
+                    on_done(head, self._died())
+                    return remaining[1:]
                 if reply[0] == "logs":
                     on_logs(reply[1])
-                elif reply[0] == "progress" and reply[1] == job.attempt_id:
+                elif reply[0] == "progress" and reply[1] in by_id:
                     if on_progress is not None:
-                        on_progress(reply[2], reply[3])
-                elif reply[0] == "done" and reply[1] == job.attempt_id:
-                    return self._finished(job, reply[2])
+                        on_progress(by_id[reply[1]], reply[2], reply[3])
+                elif reply[0] == "done":
+                    for attempt_id, outcome in reply[1]:
+                        job = by_id.get(attempt_id)
+                        if job is None or job not in remaining:
+                            continue
+                        remaining.remove(job)
+                        on_done(job, self._finished(job, outcome))
+                    if remaining and remaining[0] is not head:
+                        head = remaining[0]
+                        deadline = time.monotonic() + head.timeout_s
+                        if head.attempt_id in self._cancels and head.attempt_id not in skipped:
+                            self.kill()  # cancelled as it started: stop it as if running
+                            on_done(head, Outcome("cancelled", reason="cancelled on request"))
+                            return remaining[1:]
+                if not remaining:
+                    break
+        return []
 
     def cancel(self, attempt_id: str) -> None:
-        """Stop ``attempt_id`` if it runs (or is about to run) here; safe from any thread."""
-        self._cancel_for = attempt_id
+        """Stop ``attempt_id`` if it runs here, or drop it if it waits in the running batch;
+        safe from any thread."""
+        self._cancels.add(attempt_id)
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
@@ -228,6 +290,38 @@ class Worker:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    def _message(self, job: Job, blob: bytes | None) -> dict:
+        return {
+            "attempt_id": job.attempt_id,
+            "function": job.function,
+            "blob_hash": job.blob_hash,
+            "blob": blob,
+            "input": job.input,
+            "python_version": job.python_version,
+            "cloudpickle_version": job.cloudpickle_version,
+            "env": dict(job.env),
+            "kind": job.kind,
+            "progress_interval_s": job.progress_interval_s,
+        }
+
+    def _wait(self, deadline: float) -> bool:
+        """Wait until the process says something or a cancel arrives; True past ``deadline``."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            # poll() takes a C int of milliseconds; a service's timeout is far beyond it.
+            self._events = self._poller.poll(max(1, int(min(remaining, 3600.0) * 1000) + 1))
+            if self._events:
+                return False
+
+    def _woken(self) -> bool:
+        """Whether :meth:`cancel` was called since the last look (and forget that it was)."""
+        if not any(fd == self._wake_r for fd, _ in self._events):
+            return False
+        _drain(self._wake_r)
+        return True
 
     def _finished(self, job: Job, outcome: dict) -> Outcome:
         if outcome.get("cached"):

@@ -46,6 +46,7 @@ from multinode_provisioner.vmhost import MODES, IsolationError, clean_up, open_i
 log = logging.getLogger(__name__)
 
 BOOTABLE_STATES = frozenset({"pending", "running"})
+_QUIET_S = 10.0  # seconds without a change after which the runner polls EC2 less often
 _NOT_FOUND_CODES = frozenset({"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"})
 
 
@@ -89,6 +90,7 @@ class VMRunner:
         cluster: str,
         state_dir: Path,
         interval: float = 0.1,
+        idle_interval: float = 0.5,
         grace: float = 5.0,
         python: str = sys.executable,
         isolation: str = "auto",
@@ -100,7 +102,11 @@ class VMRunner:
             client: a boto3 EC2 client.
             cluster: value of the ``mn:cluster`` tag whose instances this runner boots.
             state_dir: where each VM's ``user-data.sh`` and ``console.log`` go.
-            interval: seconds between passes of :meth:`run_forever`.
+            interval: seconds between passes of :meth:`run_forever` while instances come
+                and go (for ``_QUIET_S`` after a pass booted, stopped or lost a VM)...
+            idle_interval: ...and once nothing has changed for that long: each pass lists
+                every instance of the cluster, which costs an emulator milliseconds of CPU
+                per instance, so a steady cloud is asked less often.
             grace: seconds between SIGTERM and SIGKILL when stopping a VM.
             python: interpreter whose directory is put first on the VMs' ``PATH`` and
                 which is exported as ``MN_PYTHON``.
@@ -116,6 +122,7 @@ class VMRunner:
         self.cluster = cluster
         self.state_dir = Path(state_dir)
         self.interval = interval
+        self.idle_interval = max(idle_interval, interval)
         self.grace = grace
         self.python = python
         self._vms: dict[str, _VM] = {}
@@ -158,17 +165,22 @@ class VMRunner:
         return result
 
     def run_forever(self, stop_event: threading.Event) -> None:
-        """Reconcile every ``interval`` seconds until ``stop_event`` is set, then :meth:`close`.
+        """Reconcile every ``interval`` seconds (``idle_interval`` once quiet) until
+        ``stop_event`` is set, then :meth:`close`.
 
         A failing pass (e.g. the emulator restarting) is logged and the loop goes on.
         """
+        changed = time.monotonic()
         try:
             while not stop_event.is_set():
                 try:
-                    self.run_once()
+                    result = self.run_once()
+                    if result.booted or result.stopped or result.exited:
+                        changed = time.monotonic()
                 except Exception:  # keep serving the other VMs; the next pass retries
                     log.exception("VM runner pass failed")
-                stop_event.wait(self.interval)
+                quiet = time.monotonic() - changed >= _QUIET_S
+                stop_event.wait(self.idle_interval if quiet else self.interval)
         finally:
             self.close()
 
@@ -366,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             cluster=args.cluster,
             state_dir=state_dir,
             interval=args.interval,
+            idle_interval=args.idle_interval,
             grace=args.grace,
             isolation=args.isolation,
             relay_ports=relay_ports,
@@ -437,6 +450,12 @@ def _parser() -> argparse.ArgumentParser:
         " VM processes) and exit",
     )
     p.add_argument("--interval", type=float, default=0.1, help="seconds between passes")
+    p.add_argument(
+        "--idle-interval",
+        type=float,
+        default=0.5,
+        help="seconds between passes once no VM has started or stopped for 10 s",
+    )
     p.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL")
     p.add_argument(
         "--endpoint-url", default=None, help="EC2 endpoint; default: boto3's (AWS_ENDPOINT_URL)"

@@ -255,3 +255,95 @@ def test_a_no_op_call_through_a_warm_worker_costs_well_under_a_millisecond(worke
 
     # The median, so one descheduling on a busy machine does not decide the test.
     assert statistics.median(costs) < 0.001
+
+
+def run_batch_in_thread(
+    worker: Worker, jobs: list, logs: list[LogLine]
+) -> tuple[threading.Thread, dict[str, Outcome], list]:
+    outcomes: dict[str, Outcome] = {}
+    left: list = []
+
+    def run() -> None:
+        left.extend(
+            worker.run_batch(
+                jobs,
+                on_logs=logs.extend,
+                on_done=lambda job, outcome: outcomes.__setitem__(job.attempt_id, outcome),
+            )
+        )
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcomes, left
+
+
+def test_a_batch_runs_in_order_in_one_process_and_reports_each_call(worker: Worker) -> None:
+    jobs = [make_job(payloads.add, i, b=1) for i in range(5)] + [make_job(payloads.getpid)]
+    done: list[tuple[str, Outcome]] = []
+
+    left = worker.run_batch(
+        jobs, on_logs=lambda _: None, on_done=lambda job, o: done.append((job.attempt_id, o))
+    )
+
+    assert left == []
+    assert [attempt for attempt, _ in done] == [job.attempt_id for job in jobs]
+    values = [cloudpickle.loads(o.output) for _, o in done]
+    assert values[:5] == [1, 2, 3, 4, 5]
+    assert values[5] == worker.pid
+    # Only the first job of each function carried the blob; the worker loaded it once.
+    assert worker.has_function(jobs[0].blob_hash) and worker.alive
+
+
+def test_a_call_timing_out_in_a_batch_hands_back_the_calls_after_it(worker: Worker) -> None:
+    first = make_job(payloads.add, 1, b=1)
+    slow = make_job(payloads.announce_then_sleep, 60, timeout_s=0.5)
+    after = [make_job(payloads.add, 2, b=2), make_job(payloads.add, 3, b=3)]
+    done: dict[str, Outcome] = {}
+
+    left = worker.run_batch(
+        [first, slow, *after],
+        on_logs=lambda _: None,
+        on_done=lambda job, o: done.__setitem__(job.attempt_id, o),
+    )
+
+    assert done[first.attempt_id].status == "succeeded"
+    assert done[slow.attempt_id].status == "timed_out"
+    assert set(done) == {first.attempt_id, slow.attempt_id}
+    assert left == after  # never started: the caller runs them elsewhere
+    assert not worker.alive
+
+
+def test_cancelling_a_queued_call_of_a_batch_drops_it_and_the_batch_goes_on(
+    worker: Worker, tmp_path: Path
+) -> None:
+    release = tmp_path / "release"
+    blocking = make_job(payloads.print_then_wait, str(release))
+    dropped, kept = make_job(payloads.add, 1, b=1), make_job(payloads.add, 2, b=2)
+    logs: list[LogLine] = []
+    thread, done, left = run_batch_in_thread(worker, [blocking, dropped, kept], logs)
+    wait_until(lambda: texts(logs, blocking.attempt_id) != [], timeout=10, what="first job")
+
+    worker.cancel(dropped.attempt_id)
+    release.touch()
+    thread.join(10)
+
+    assert done[blocking.attempt_id].status == "succeeded"
+    assert done[dropped.attempt_id].status == "cancelled"
+    assert cloudpickle.loads(done[kept.attempt_id].output) == 4
+    assert left == [] and worker.alive
+
+
+def test_cancelling_the_running_call_of_a_batch_kills_it_and_hands_back_the_rest(
+    worker: Worker, tmp_path: Path
+) -> None:
+    blocking = make_job(payloads.print_then_wait, str(tmp_path / "never"))
+    rest = make_job(payloads.add, 1, b=1)
+    logs: list[LogLine] = []
+    thread, done, left = run_batch_in_thread(worker, [blocking, rest], logs)
+    wait_until(lambda: texts(logs, blocking.attempt_id) != [], timeout=10, what="first job")
+
+    worker.cancel(blocking.attempt_id)
+    thread.join(10)
+
+    assert done[blocking.attempt_id].status == "cancelled"
+    assert left == [rest] and not worker.alive
