@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -30,6 +30,29 @@ from multinode_controlplane import models  # noqa: F401  (registers the tables)
 
 class DatabaseInUseError(RuntimeError):
     """Another control plane already holds this SQLite database."""
+
+
+class Memo:
+    """Values read from rows that never change once written (an app's name, a deployment,
+    a function), so that hot paths do not re-read them on every request.
+
+    Kept per :class:`Database`, since ids mean nothing across databases. Bounded: once
+    ``size`` entries are held it starts again empty. Safe across threads (single dict
+    operations).
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._values: dict[Any, Any] = {}
+
+    def get(self, key: Any) -> Any:
+        """The value stored under ``key``, or None."""
+        return self._values.get(key)
+
+    def put(self, key: Any, value: Any) -> None:
+        if len(self._values) >= self._size:
+            self._values.clear()
+        self._values[key] = value
 
 
 class Database:
@@ -49,6 +72,7 @@ class Database:
         self.is_sqlite = self.dialect == "sqlite"
         self._lock_file: IO[bytes] | None = None
         self._write_lock: threading.Lock | None = None
+        self.memo = Memo()
         if self.is_sqlite:
             path = Path(parsed.database or "")
             if not parsed.database or parsed.database == ":memory:":
