@@ -27,6 +27,9 @@ from sqlmodel import SQLModel
 
 from multinode_controlplane import models  # noqa: F401  (registers the tables)
 
+# Indexes that earlier versions created and a newer one replaced.
+_RETIRED_INDEXES = ("ix_calls_app_status_created",)
+
 
 class DatabaseInUseError(RuntimeError):
     """Another control plane already holds this SQLite database."""
@@ -89,8 +92,14 @@ class Database:
             )
 
     def create_tables(self) -> None:
-        """Create missing tables (existing ones are left as they are)."""
+        """Create missing tables, and missing indexes of existing ones; drop retired indexes."""
         SQLModel.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            for table in SQLModel.metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
+            for name in _RETIRED_INDEXES:
+                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
