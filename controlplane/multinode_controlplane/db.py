@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -27,9 +27,35 @@ from sqlmodel import SQLModel
 
 from multinode_controlplane import models  # noqa: F401  (registers the tables)
 
+# Indexes that earlier versions created and a newer one replaced.
+_RETIRED_INDEXES = ("ix_calls_app_status_created",)
+
 
 class DatabaseInUseError(RuntimeError):
     """Another control plane already holds this SQLite database."""
+
+
+class Memo:
+    """Values read from rows that never change once written (an app's name, a deployment,
+    a function), so that hot paths do not re-read them on every request.
+
+    Kept per :class:`Database`, since ids mean nothing across databases. Bounded: once
+    ``size`` entries are held it starts again empty. Safe across threads (single dict
+    operations).
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._values: dict[Any, Any] = {}
+
+    def get(self, key: Any) -> Any:
+        """The value stored under ``key``, or None."""
+        return self._values.get(key)
+
+    def put(self, key: Any, value: Any) -> None:
+        if len(self._values) >= self._size:
+            self._values.clear()
+        self._values[key] = value
 
 
 class Database:
@@ -49,6 +75,7 @@ class Database:
         self.is_sqlite = self.dialect == "sqlite"
         self._lock_file: IO[bytes] | None = None
         self._write_lock: threading.Lock | None = None
+        self.memo = Memo()
         if self.is_sqlite:
             path = Path(parsed.database or "")
             if not parsed.database or parsed.database == ":memory:":
@@ -65,8 +92,14 @@ class Database:
             )
 
     def create_tables(self) -> None:
-        """Create missing tables (existing ones are left as they are)."""
+        """Create missing tables, and missing indexes of existing ones; drop retired indexes."""
         SQLModel.metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            for table in SQLModel.metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
+            for name in _RETIRED_INDEXES:
+                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {name}")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:

@@ -79,7 +79,9 @@ class CallRow(SQLModel, table=True):
 
     __tablename__ = "calls"
     __table_args__ = (
-        Index("ix_calls_app_status_created", "app_id", "status", "created_at"),
+        # A claim's order, id included: the calls of one batch share created_at, and
+        # without the id here each claim would sort the app's whole queued batch.
+        Index("ix_calls_app_status_created_id", "app_id", "status", "created_at", "id"),
         Index("ix_calls_status_app", "status", "app_id"),
     )
 

@@ -215,3 +215,19 @@ def test_prefetch_claims_one_instance_more_and_released_work_is_requeued_free(
     assert agents.report(ctx, agent, wire.ReportRequest(results=[stale])).rejected == [
         running[2].attempt_id
     ]
+
+
+def test_deep_prefetch_claims_oldest_first_within_capacity_and_the_poll_limit(
+    ctx: Context, user: Principal
+) -> None:
+    deploy(ctx, user, f=wire.FunctionSpec(cpu=0.25))
+    ids = submit(ctx, user, 100)
+    ctx.clock.advance(1)  # type: ignore[attr-defined]
+    ids += submit(ctx, user, 200)
+    agent = add_instance(ctx, user, vcpus=2)  # 8 slots
+    taken = agents.poll_once(ctx, agent.instance_id, [], prefetch=wire.MAX_PREFETCH).assignments
+    assert [a.call_id for a in taken] == ids[:136]  # 8 slots, plus 16 instance-sizes more
+    ctx.settings = ctx.settings.model_copy(update={"max_assignments_per_poll": 50})
+    other = add_instance(ctx, user, vcpus=2)
+    taken = agents.poll_once(ctx, other.instance_id, [], prefetch=wire.MAX_PREFETCH).assignments
+    assert [a.call_id for a in taken] == ids[136:186]

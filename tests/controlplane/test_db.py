@@ -52,6 +52,29 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
         db.close()
 
 
+def test_create_tables_brings_an_older_database_s_indexes_up_to_date(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'cp.db'}")
+    try:
+        db.create_tables()
+        with db.write() as session:  # the calls index as an earlier version made it
+            conn = session.connection()
+            conn.exec_driver_sql("DROP INDEX ix_calls_app_status_created_id")
+            conn.exec_driver_sql(
+                "CREATE INDEX ix_calls_app_status_created ON calls (app_id, status, created_at)"
+            )
+        db.create_tables()
+        with db.read() as session:
+            names = set(
+                session.connection()
+                .exec_driver_sql("SELECT name FROM sqlite_master WHERE tbl_name = 'calls'")
+                .scalars()
+            )
+        assert "ix_calls_app_status_created_id" in names
+        assert "ix_calls_app_status_created" not in names
+    finally:
+        db.close()
+
+
 def test_the_control_plane_never_imports_pickle_libraries_or_the_agent() -> None:
     code = (
         "import sys\n"

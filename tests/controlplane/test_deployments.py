@@ -33,6 +33,36 @@ def test_unknown_function_lists_the_existing_ones(ctx: Context, user: Principal)
     assert "f, g" in info.value.message
 
 
+def test_calls_follow_a_redeploy_once_the_old_version_was_called(
+    ctx: Context, user: Principal
+) -> None:
+    deploy(ctx, user, f=wire.FunctionSpec(cpu=1), g=wire.FunctionSpec())
+    first = calls.create_calls(
+        ctx, user, wire.CallsCreate(app="demo", function="f", inputs=[b"aW4="])
+    )
+    deploy(ctx, user, f=wire.FunctionSpec(cpu=2))
+    second = calls.create_calls(
+        ctx, user, wire.CallsCreate(app="demo", function="f", inputs=[b"aW4="])
+    )
+    assert (first.version, second.version) == (1, 2)
+    assert call_row(ctx, second.call_ids[0]).cpu == 2
+    with pytest.raises(NotFoundError) as info:  # g was called through v1 only
+        calls.create_calls(ctx, user, wire.CallsCreate(app="demo", function="g", inputs=[b"aW4="]))
+    assert info.value.details["functions"] == ["f"] and info.value.details["version"] == 2
+    with pytest.raises(NotFoundError) as info:
+        calls.create_calls(
+            ctx, user, wire.CallsCreate(app="demo", function="f", version=3, inputs=[b"aW4="])
+        )
+    assert info.value.details["versions"] == [1, 2]
+    again = calls.create_calls(
+        ctx, user, wire.CallsCreate(app="demo", function="g", version=1, inputs=[b"aW4="])
+    )
+    assert again.version == 1
+    deployments.undeploy(ctx, user, "demo")
+    with pytest.raises(NotFoundError, match="is not deployed"):
+        calls.create_calls(ctx, user, wire.CallsCreate(app="demo", function="f", inputs=[b"aW4="]))
+
+
 def test_unknown_app_lists_the_existing_ones(ctx: Context, user: Principal) -> None:
     deploy(ctx, user, "alpha")
     with pytest.raises(NotFoundError) as info:

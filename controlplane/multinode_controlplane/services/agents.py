@@ -22,6 +22,63 @@ from multinode_controlplane.services.events import SERVICES, app_key, instance_k
 _SHUTDOWN_STATES = ("terminating", "terminated", "failed")
 _CHUNK = 900
 
+_i, _a, _c = m.instances.c, m.attempts.c, m.calls.c
+
+# Statements of the poll and report paths are built once: building one per execution
+# costs more than running it.
+
+# The heartbeat: its update takes the instance's row lock before anything else is read.
+_HEARTBEAT = (
+    update(m.instances)
+    .where(_i.id == bindparam("_id"))
+    .values(last_heartbeat=bindparam("_now"))
+    .returning(*m.instances.c)
+)
+_RUNNING_HERE = (
+    select(_a.id, _c.cancel_requested)
+    .join(m.calls, _c.id == _a.call_id)
+    .where(_a.instance_id == bindparam("_instance"), _a.status == "running")
+)
+_REPORTED = (
+    select(
+        _a.id,
+        _a.instance_id,
+        _a.status.label("attempt_status"),
+        _a.fence,
+        _a.call_id,
+        _c.status,
+        _c.current_attempt_id,
+        _c.retries,
+        _c.user_failures,
+        _c.infra_failures,
+        _c.cancel_requested,
+        _c.app_id,
+        _c.function,
+    )
+    .join(m.calls, _c.id == _a.call_id)
+    .where(_a.id.in_(bindparam("_ids", expanding=True)))
+)
+_END_ATTEMPTS = (
+    update(m.attempts)
+    .where(_a.id == bindparam("_id"))
+    .values(status=bindparam("_status"), finished_at=bindparam("_now"), reason=bindparam("_reason"))
+)
+_END_CALLS = (
+    update(m.calls)
+    .where(_c.id == bindparam("_id"))
+    .values(
+        status=bindparam("_status"),
+        output=bindparam("_output"),
+        error=bindparam("_error"),
+        failure_reason=bindparam("_reason"),
+        finished_at=bindparam("_finished"),
+        user_failures=bindparam("_user"),
+        current_attempt_id=bindparam("_current"),
+    )
+)
+_INSERT_LOGS = insert(m.logs)
+_APP_NAME = select(m.apps.c.name).where(m.apps.c.id == bindparam("_id"))
+
 
 def register(ctx: Context, req: wire.RegisterRequest) -> wire.RegisterResponse:
     """Exchange a bootstrap token (from user-data; usable once) for an agent token.
@@ -73,27 +130,15 @@ def poll_once(
     attempts the agent still runs that are no longer running here (reaped or reassigned).
     """
     now = ctx.clock()
-    i, a, c = m.instances.c, m.attempts.c, m.calls.c
     with ctx.db.write() as session:
         # The update takes the instance's row lock first: a concurrent poll of the same
         # instance, or the provisioner deciding it is idle, waits for this transaction.
-        instance = session.execute(
-            update(m.instances)
-            .where(i.id == instance_id)
-            .values(last_heartbeat=now)
-            .returning(*m.instances.c)
-        ).first()
+        instance = session.execute(_HEARTBEAT, {"_id": instance_id, "_now": now}).first()
         if instance is None:
             raise AuthError("this agent's instance no longer exists")
         if instance.state in _SHUTDOWN_STATES:
             return wire.PollResponse(cancel=list(running), shutdown=True)
-        running_here = dict(
-            session.execute(
-                select(a.id, c.cancel_requested)
-                .join(m.calls, c.id == a.call_id)
-                .where(a.instance_id == instance_id, a.status == "running")
-            ).all()
-        )
+        running_here = dict(session.execute(_RUNNING_HERE, {"_instance": instance_id}).all())
         cancel = [att for att, requested in running_here.items() if requested]
         cancel += [att for att in running if att not in running_here]
         assignments = _claim_for(ctx, session, instance, now, prefetch=prefetch)
@@ -135,7 +180,6 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
     instance_id = require_agent(principal)
     now = ctx.clock()
     max_infra = ctx.settings.max_call_attempts
-    a, c = m.attempts.c, m.calls.c
     ids = list(
         {r.attempt_id for r in req.results}
         | {log.attempt_id for log in req.logs}
@@ -148,33 +192,10 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
     requeued_apps: set[int] = set()
     assignments: list[wire.Assignment] = []
     with ctx.db.write() as session:
-        instance = session.execute(
-            update(m.instances)
-            .where(m.instances.c.id == instance_id)
-            .values(last_heartbeat=now)
-            .returning(*m.instances.c)
-        ).first()
+        instance = session.execute(_HEARTBEAT, {"_id": instance_id, "_now": now}).first()
         rows = {}
         for start in range(0, len(ids), _CHUNK):
-            for row in session.execute(
-                select(
-                    a.id,
-                    a.instance_id,
-                    a.status.label("attempt_status"),
-                    a.fence,
-                    a.call_id,
-                    c.status,
-                    c.current_attempt_id,
-                    c.retries,
-                    c.user_failures,
-                    c.infra_failures,
-                    c.cancel_requested,
-                    c.app_id,
-                    c.function,
-                )
-                .join(m.calls, c.id == a.call_id)
-                .where(a.id.in_(ids[start : start + _CHUNK]))
-            ):
+            for row in session.execute(_REPORTED, {"_ids": ids[start : start + _CHUNK]}):
                 rows[row.id] = row
         # Progress first: it is only taken from attempts still running, which a result
         # in this same report may end. Stale progress is dropped without a word.
@@ -196,7 +217,7 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
             update_row = _apply_result(result, row, now, max_infra)
             states.check_transition(row.status, update_row["_status"])
             attempt_updates.append(
-                {"_id": row.id, "_status": result.status, "_reason": result.reason}
+                {"_id": row.id, "_status": result.status, "_reason": result.reason, "_now": now}
             )
             call_updates.append(update_row)
             if update_row["_status"] == states.QUEUED:
@@ -214,7 +235,9 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
             ):
                 continue
             # Never started: back to the queue, spending neither retries nor attempts.
-            attempt_updates.append({"_id": row.id, "_status": "released", "_reason": None})
+            attempt_updates.append(
+                {"_id": row.id, "_status": "released", "_reason": None, "_now": now}
+            )
             call_updates.append(
                 {
                     "_id": row.call_id,
@@ -229,27 +252,9 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
             )
             requeued_apps.add(row.app_id)
         if attempt_updates:
-            session.execute(
-                update(m.attempts)
-                .where(a.id == bindparam("_id"))
-                .values(status=bindparam("_status"), finished_at=now, reason=bindparam("_reason")),
-                attempt_updates,
-            )
+            session.execute(_END_ATTEMPTS, attempt_updates)
         if call_updates:
-            session.execute(
-                update(m.calls)
-                .where(c.id == bindparam("_id"))
-                .values(
-                    status=bindparam("_status"),
-                    output=bindparam("_output"),
-                    error=bindparam("_error"),
-                    failure_reason=bindparam("_reason"),
-                    finished_at=bindparam("_finished"),
-                    user_failures=bindparam("_user"),
-                    current_attempt_id=bindparam("_current"),
-                ),
-                call_updates,
-            )
+            session.execute(_END_CALLS, call_updates)
         log_rows = [
             {
                 "ts": log.ts,
@@ -263,7 +268,7 @@ def report(ctx: Context, principal: Principal, req: wire.ReportRequest) -> wire.
             if log.attempt_id in rows and rows[log.attempt_id].instance_id == instance_id
         ]
         if log_rows:
-            session.execute(insert(m.logs), log_rows)
+            session.execute(_INSERT_LOGS, log_rows)
         services_changed = bool(req.services) and service_replicas.apply_events(
             session, req.services, rows, instance_id=instance_id, now=now
         )
@@ -303,9 +308,11 @@ def _claim_for(
     ctx: Context, session, instance, now: float, *, prefetch: int = 0
 ) -> list[wire.Assignment]:  # type: ignore[no-untyped-def]
     """Claim what fits ``instance`` (whose row this transaction has already locked)."""
-    app_name = session.execute(
-        select(m.apps.c.name).where(m.apps.c.id == instance.app_id)
-    ).scalar_one()
+    memo = ctx.db.memo
+    app_name = memo.get(("app_name", instance.app_id))  # an app's name never changes
+    if app_name is None:
+        app_name = session.execute(_APP_NAME, {"_id": instance.app_id}).scalar_one()
+        memo.put(("app_name", instance.app_id), app_name)
     return claim(
         session,
         skip_locked=not ctx.db.is_sqlite,
@@ -314,6 +321,7 @@ def _claim_for(
         now=now,
         limit=ctx.settings.max_assignments_per_poll,
         prefetch=prefetch,
+        memo=memo,
     )
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from multinode.errors import AuthError, ForbiddenError, NotFoundError
@@ -15,6 +15,23 @@ from multinode_controlplane.domain.tokens import hash_token, new_token, token_ki
 from multinode_controlplane.services.context import Context
 
 DEFAULT_OWNER = "default"
+
+_apps = m.apps.c
+
+# Statements every request runs are built once: building one per execution costs more
+# than running it.
+_APP_BY_NAME = select(_apps.id, _apps.name, _apps.status, _apps.current_version).where(
+    _apps.owner == bindparam("_owner"), _apps.name == bindparam("_name")
+)
+_APP_IDS = select(_apps.id).where(_apps.owner == bindparam("_owner"))
+_KEY_OWNER = select(m.api_keys.c.owner).where(
+    m.api_keys.c.key_hash == bindparam("_hash"), m.api_keys.c.revoked.is_(False)
+)
+_AGENT = (
+    select(m.instances.c.id, m.instances.c.app_id, _apps.owner)
+    .join(m.apps, _apps.id == m.instances.c.app_id)
+    .where(m.instances.c.agent_token_hash == bindparam("_hash"))
+)
 
 
 @dataclass(frozen=True)
@@ -85,19 +102,11 @@ def _authenticate(ctx: Context, authorization: str | None) -> Principal:
     digest = hash_token(token)
     with ctx.db.read() as session:
         if kind == "key":
-            row = session.execute(
-                select(m.api_keys.c.owner).where(
-                    m.api_keys.c.key_hash == digest, m.api_keys.c.revoked.is_(False)
-                )
-            ).first()
+            row = session.execute(_KEY_OWNER, {"_hash": digest}).first()
             if row is not None:
                 return Principal(kind="key", owner=row.owner)
         elif kind == "agent":
-            row = session.execute(
-                select(m.instances.c.id, m.instances.c.app_id, m.apps.c.owner)
-                .join(m.apps, m.apps.c.id == m.instances.c.app_id)
-                .where(m.instances.c.agent_token_hash == digest)
-            ).first()
+            row = session.execute(_AGENT, {"_hash": digest}).first()
             if row is not None:
                 return Principal(
                     kind="agent", owner=row.owner, app_id=row.app_id, instance_id=row.id
@@ -128,6 +137,19 @@ def resolve_app(session: Session, principal: Principal, name: str) -> m.AppRow:
     app = session.execute(
         select(m.AppRow).where(m.AppRow.owner == principal.owner, m.AppRow.name == name)
     ).scalar_one_or_none()
+    _check_app(session, principal, name, app)
+    return app  # type: ignore[return-value]
+
+
+def app_columns(session: Session, principal: Principal, name: str) -> Row[Any]:
+    """As :func:`resolve_app`, for hot paths: the app's id, name, status and current
+    version as a plain row (no ORM entity), read with a statement built once."""
+    app = session.execute(_APP_BY_NAME, {"_owner": principal.owner, "_name": name}).first()
+    _check_app(session, principal, name, app)
+    return app  # type: ignore[return-value]
+
+
+def _check_app(session: Session, principal: Principal, name: str, app: Any) -> None:
     if principal.kind == "agent" and (app is None or app.id != principal.app_id):
         raise ForbiddenError(f"an agent may act only on its own app, not {name!r}")
     if app is None:
@@ -139,16 +161,13 @@ def resolve_app(session: Session, principal: Principal, name: str) -> m.AppRow:
             f"no app named {name!r}; existing apps: {', '.join(existing) or 'none'}",
             details={"app": name, "apps": existing},
         )
-    return app
 
 
 def allowed_app_ids(session: Session, principal: Principal) -> list[int]:
     """Ids of the apps ``principal`` may read."""
     if principal.kind == "agent":
         return [principal.app_id] if principal.app_id is not None else []
-    return list(
-        session.execute(select(m.AppRow.id).where(m.AppRow.owner == principal.owner)).scalars()
-    )
+    return list(session.execute(_APP_IDS, {"_owner": principal.owner}).scalars())
 
 
 def ensure_owner(session: Session, owner: str, now: float) -> None:

@@ -4,22 +4,42 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from multinode import wire
 from multinode.errors import InvalidRequestError, NotFoundError
 from multinode_controlplane import models as m
 from multinode_controlplane.clock import to_datetime
+from multinode_controlplane.db import Memo
 from multinode_controlplane.domain import states
-from multinode_controlplane.services.auth import Principal, allowed_app_ids, resolve_app
+from multinode_controlplane.services.auth import (
+    Principal,
+    allowed_app_ids,
+    app_columns,
+    resolve_app,
+)
 from multinode_controlplane.services.context import Context
 from multinode_controlplane.services.deployments import current_deployment, find_function
 from multinode_controlplane.services.events import call_key, instance_key
 
 CHUNK = 900  # ids per IN (...) query: under SQLite's default 999 bound parameters
 _TERMINAL = tuple(sorted(states.TERMINAL))
+
+_c = m.calls.c
+
+# Statements of call creation and output reads are built once: building one per execution
+# costs more than running it.
+_INSERT_CALLS = insert(m.calls)
+_INSERT_JOBS = insert(m.jobs)
+# A chunk's rows (any status: they also say which ids exist), or only its terminal ones.
+_OUTPUTS_OR_STATUS = select(_c.id, _c.status, _c.output, _c.error, _c.failure_reason).where(
+    _c.id.in_(bindparam("_ids", expanding=True)),
+    _c.app_id.in_(bindparam("_apps", expanding=True)),
+)
+_OUTPUTS = _OUTPUTS_OR_STATUS.where(_c.status.in_(_TERMINAL))
 
 
 def create_calls(ctx: Context, principal: Principal, req: wire.CallsCreate) -> wire.CallsCreated:
@@ -34,11 +54,12 @@ def create_calls(ctx: Context, principal: Principal, req: wire.CallsCreate) -> w
     batch = uuid.uuid4().hex[:24]
     # Ids sort in input order within a batch, so a map is claimed in the order it was given.
     ids = [f"c{batch}{i:04x}" for i in range(len(req.inputs))]
+    memo = ctx.db.memo
     with ctx.db.write() as session:
-        app = resolve_app(session, principal, req.app)
-        deployment = current_deployment(session, app, req.version)
-        function = find_function(session, app, deployment, req.function)
-        spec = wire.FunctionSpec.model_validate_json(function.spec)
+        app = app_columns(session, principal, req.app)  # read each time: a deploy moves it on
+        deployment = current_deployment(session, app, req.version, memo=memo)
+        function = find_function(session, app, deployment, req.function, memo=memo)
+        spec = _spec(memo, function)
         if spec.kind == "service":
             raise InvalidRequestError(
                 f"{req.function} is a service: it runs on its own once deployed and cannot be "
@@ -61,7 +82,7 @@ def create_calls(ctx: Context, principal: Principal, req: wire.CallsCreate) -> w
             "retries": spec.retries,
         }
         session.execute(
-            insert(m.calls),
+            _INSERT_CALLS,
             [
                 {**common, "id": call_id, "input": data}
                 for call_id, data in zip(ids, req.inputs, strict=True)
@@ -70,12 +91,22 @@ def create_calls(ctx: Context, principal: Principal, req: wire.CallsCreate) -> w
         if spec.kind == "job":
             # What a job adds to its call (its progress) lives in its own row: services/jobs.py.
             session.execute(
-                insert(m.jobs),
+                _INSERT_JOBS,
                 [{"call_id": call_id, "app_id": app.id, "created_at": now} for call_id in ids],
             )
         app_id, version = app.id, deployment.version
     ctx.notifier.calls_created(app_id)
     return wire.CallsCreated(app=req.app, function=req.function, version=version, call_ids=ids)
+
+
+def _spec(memo: Memo, function: Any) -> wire.FunctionSpec:
+    """The function's spec, parsed once per function (a function never changes)."""
+    key = ("spec", function.id)
+    spec = memo.get(key)
+    if spec is None:
+        spec = wire.FunctionSpec.model_validate_json(function.spec)
+        memo.put(key, spec)
+    return spec
 
 
 async def create_and_wait(
@@ -169,17 +200,12 @@ def terminal_outputs(
     found = 0
     with ctx.db.read() as session:
         allowed = allowed_app_ids(session, principal)
-        c = m.calls.c
         # With check_exist, one query per chunk answers both questions: every row says it
         # exists, and only terminal rows carry an output.
-        status_filter = () if check_exist else (c.status.in_(_TERMINAL),)
+        query = _OUTPUTS_OR_STATUS if check_exist else _OUTPUTS
         for start in range(0, len(call_ids), CHUNK):
             chunk = call_ids[start : start + CHUNK]
-            rows = session.execute(
-                select(c.id, c.status, c.output, c.error, c.failure_reason).where(
-                    c.id.in_(chunk), c.app_id.in_(allowed), *status_filter
-                )
-            ).all()
+            rows = session.execute(query, {"_ids": chunk, "_apps": allowed}).all()
             found += len(rows)
             outputs.extend(
                 wire.CallOutput.model_construct(

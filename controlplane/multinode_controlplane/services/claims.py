@@ -13,29 +13,109 @@ serialises claims.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, select, update
 
 from multinode import wire
 from multinode_controlplane import models as m
+from multinode_controlplane.db import Memo
 from multinode_controlplane.domain import states
 from multinode_controlplane.domain.capacity import Resources, pack
 
 _CANDIDATES = 1000  # queued rows examined per claim: bounds the work of one poll
-_PAGE = 32  # rows read at a time; most polls need one page
+_PAGE = 32  # rows of a claim's first page when nothing is known of the queue's calls
+
+_a, _c = m.attempts.c, m.calls.c
+
+# Statements are built once: building one per execution costs more than running it.
+
+# The resources of the attempts running on an instance.
+_USED = select(
+    func.coalesce(func.sum(_a.cpu), 0.0),
+    func.coalesce(func.sum(_a.memory_mib), 0),
+    func.coalesce(func.sum(_a.gpu_count), 0),
+).where(_a.instance_id == bindparam("_instance"), _a.status == "running")
+
+
+def _candidates(*, dedicated: bool, skip_locked: bool):  # type: ignore[no-untyped-def]
+    """Queued calls of an app that fit the free capacity on their own, oldest first, a
+    page at a time (a poll with room for a few calls must not read a thousand-call
+    backlog)."""
+    # An instance launched for a service runs one replica of it and nothing else.
+    pool = (
+        [_c.kind == "service", _c.function == bindparam("_function")]
+        if dedicated
+        else [_c.kind != "service"]
+    )
+    query = (
+        select(
+            _c.id,
+            _c.cpu,
+            _c.memory_mib,
+            _c.gpu_count,
+            _c.attempts,
+            _c.function_id,
+            _c.function,
+            _c.version,
+            _c.timeout_s,
+            _c.kind,
+        )
+        .where(
+            _c.app_id == bindparam("_app"),
+            _c.status == states.QUEUED,
+            *pool,
+            _c.cpu * 1000 <= bindparam("_cpu_m"),  # millicores, rounded as pack() rounds
+            _c.gpu_count <= bindparam("_gpus"),
+        )
+        .order_by(_c.created_at, _c.id)
+        .offset(bindparam("_offset"))
+        .limit(bindparam("_limit"))
+    )
+    return query.with_for_update(skip_locked=True) if skip_locked else query
+
+
+# One variant per (dedicated instance, FOR UPDATE SKIP LOCKED).
+_CANDIDATE_QUERIES = {
+    (dedicated, skip_locked): _candidates(dedicated=dedicated, skip_locked=skip_locked)
+    for dedicated in (False, True)
+    for skip_locked in (False, True)
+}
+_INPUTS = select(_c.id, _c.input).where(_c.id.in_(bindparam("_ids", expanding=True)))
+_f, _d = m.functions.c, m.deployments.c
+_FUNCTIONS = (
+    select(_f.id, _f.blob_hash, _f.spec, _d.python_version, _d.cloudpickle_version)
+    .join(m.deployments, _d.id == _f.deployment_id)
+    .where(_f.id.in_(bindparam("_ids", expanding=True)))
+)
+_INSERT_ATTEMPTS = insert(m.attempts)
+_START_CALLS = (
+    update(m.calls)
+    .where(_c.id == bindparam("_id"), _c.status == states.QUEUED)
+    .values(
+        status=states.RUNNING,
+        started_at=bindparam("_now"),
+        attempts=bindparam("_fence"),
+        current_attempt_id=bindparam("_attempt"),
+        instance_id=bindparam("_instance"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class _Function:
+    """What an assignment needs of a function and its deployment (both immutable)."""
+
+    blob_hash: str
+    python_version: str
+    cloudpickle_version: str
+    port: int | None
 
 
 def free_capacity(session, instance_id: str, vcpus: float, memory_mib: int, gpus: int) -> Resources:  # type: ignore[no-untyped-def]
     """The instance's resources minus those of the attempts running on it."""
-    a = m.attempts.c
-    used = session.execute(
-        select(
-            func.coalesce(func.sum(a.cpu), 0.0),
-            func.coalesce(func.sum(a.memory_mib), 0),
-            func.coalesce(func.sum(a.gpu_count), 0),
-        ).where(a.instance_id == instance_id, a.status == "running")
-    ).one()
+    used = session.execute(_USED, {"_instance": instance_id}).one()
     return Resources.of(vcpus, memory_mib, gpus) - Resources.of(used[0], int(used[1]), int(used[2]))
 
 
@@ -48,6 +128,7 @@ def claim(
     now: float,
     limit: int,
     prefetch: int = 0,
+    memo: Memo | None = None,
 ) -> list[wire.Assignment]:
     """Claim the queued calls of the instance's app that fit its free capacity (with
     ``prefetch``, that capacity plus ``prefetch`` times the instance's whole size: the agent
@@ -56,7 +137,7 @@ def claim(
 
     Must run inside a write transaction that already holds the instance's row (the
     heartbeat update takes it), so two polls of one instance cannot book the same
-    capacity twice.
+    capacity twice. ``memo`` (the database's) keeps what is read of immutable functions.
 
     Returns:
         The assignments, oldest call first; empty when nothing fits.
@@ -71,72 +152,32 @@ def claim(
         )
     if free.cpu_m <= 0:
         return []
-    c = m.calls.c
+    params: dict[str, Any] = {
+        "_app": instance.app_id,
+        "_cpu_m": free.cpu_m + 0.5,
+        "_gpus": free.gpus,
+    }
     if instance.dedicated:
-        # An instance launched for a service runs one replica of it and nothing else.
         if free != Resources.of(instance.vcpus, instance.memory_mib, instance.gpu_count):
             return []
-        pool = [c.kind == "service", c.function == instance.launched_for]
+        params["_function"] = instance.launched_for
         limit = 1
-    else:
-        pool = [c.kind != "service"]
-    # Only calls that fit the free capacity on their own, read a page at a time: a poll
-    # with room for a few calls must not read a thousand-call backlog.
-    base = (
-        select(
-            c.id,
-            c.cpu,
-            c.memory_mib,
-            c.gpu_count,
-            c.attempts,
-            c.function_id,
-            c.function,
-            c.version,
-            c.timeout_s,
-            c.kind,
-        )
-        .where(
-            c.app_id == instance.app_id,
-            c.status == states.QUEUED,
-            *pool,
-            c.cpu * 1000 <= free.cpu_m + 0.5,  # millicores, rounded as pack() rounds
-            c.gpu_count <= free.gpus,
-        )
-        .order_by(c.created_at, c.id)
+    chosen = _choose(
+        session,
+        _CANDIDATE_QUERIES[(bool(instance.dedicated), skip_locked)],
+        params,
+        free,
+        limit,
+        memo_key=("smallest_cpu_m", instance.app_id),
+        memo=memo,
     )
-    if skip_locked:
-        base = base.with_for_update(skip_locked=True)
-    candidates: dict[str, Any] = {}
-    chosen: list[str] = []
-    for offset in range(0, _CANDIDATES, _PAGE):
-        page = session.execute(base.offset(offset).limit(_PAGE)).all()
-        candidates.update((row.id, row) for row in page)
-        chosen = pack(
-            free,
-            [
-                (row.id, Resources.of(row.cpu, row.memory_mib, row.gpu_count))
-                for row in candidates.values()
-            ],
-            limit=limit,
-        )
-        if len(page) < _PAGE or len(chosen) < len(candidates) or len(chosen) >= limit:
-            break  # the backlog is read, or the instance is full
     if not chosen:
         return []
-    inputs = dict(session.execute(select(c.id, c.input).where(c.id.in_(chosen))).all())
-    function_ids = {candidates[call_id].function_id for call_id in chosen}
-    f, d = m.functions.c, m.deployments.c
-    blobs = {
-        row.id: row
-        for row in session.execute(
-            select(f.id, f.blob_hash, f.spec, d.python_version, d.cloudpickle_version)
-            .join(m.deployments, d.id == f.deployment_id)
-            .where(f.id.in_(function_ids))
-        )
-    }
+    inputs = dict(session.execute(_INPUTS, {"_ids": [row.id for row in chosen]}).all())
+    functions = _functions(session, {row.function_id for row in chosen}, memo)
     attempt_rows, call_updates, assignments = [], [], []
-    for call_id in chosen:
-        row = candidates[call_id]
+    for row in chosen:
+        call_id = row.id
         attempt_id = "a" + uuid.uuid4().hex
         fence = row.attempts + 1
         attempt_rows.append(
@@ -154,8 +195,16 @@ def claim(
                 "timeout_s": row.timeout_s,
             }
         )
-        call_updates.append({"_id": call_id, "_fence": fence, "_attempt": attempt_id})
-        blob = blobs[row.function_id]
+        call_updates.append(
+            {
+                "_id": call_id,
+                "_fence": fence,
+                "_attempt": attempt_id,
+                "_now": now,
+                "_instance": instance.id,
+            }
+        )
+        function = functions[row.function_id]
         # model_construct: ``input`` holds raw bytes, which validation would take for base64.
         assignments.append(
             wire.Assignment.model_construct(
@@ -165,31 +214,81 @@ def claim(
                 app=app_name,
                 function=row.function,
                 version=row.version,
-                blob_hash=blob.blob_hash,
+                blob_hash=function.blob_hash,
                 input=bytes(inputs[call_id]),
                 timeout_s=row.timeout_s,
                 cpu=row.cpu,
-                python_version=blob.python_version,
-                cloudpickle_version=blob.cloudpickle_version,
+                python_version=function.python_version,
+                cloudpickle_version=function.cloudpickle_version,
                 kind=row.kind,
-                port=_service_port(blob.spec) if row.kind == "service" else None,
+                port=function.port if row.kind == "service" else None,
             )
         )
-    session.execute(insert(m.attempts), attempt_rows)
-    session.execute(
-        update(m.calls)
-        .where(c.id == bindparam("_id"), c.status == states.QUEUED)
-        .values(
-            status=states.RUNNING,
-            started_at=now,
-            attempts=bindparam("_fence"),
-            current_attempt_id=bindparam("_attempt"),
-            instance_id=instance.id,
-        ),
-        call_updates,
-    )
+    session.execute(_INSERT_ATTEMPTS, attempt_rows)
+    session.execute(_START_CALLS, call_updates)
     return assignments
 
 
-def _service_port(spec_json: str) -> int | None:
-    return wire.FunctionSpec.model_validate_json(spec_json).port
+def _choose(
+    session,  # type: ignore[no-untyped-def]
+    query,  # type: ignore[no-untyped-def]
+    params: dict[str, Any],
+    free: Resources,
+    limit: int,
+    *,
+    memo_key: tuple[str, int],
+    memo: Memo | None,
+) -> list[Any]:
+    """The candidate rows :func:`pack` chooses for ``free``, at most ``limit``, read a page
+    at a time: each page as large as the number of calls that could still fit (free
+    capacity over the smallest call seen), so a claim of a hundred small calls reads one
+    or two pages, not one per thirty-two rows. Stops at the end of the backlog, at the
+    first candidate that does not fit, when full, or after ``_CANDIDATES`` rows."""
+    smallest = memo.get(memo_key) if memo is not None else None  # a hint from the last claim
+    size = _PAGE if smallest is None else free.cpu_m // smallest
+    chosen: list[Any] = []
+    offset = 0
+    while offset < _CANDIDATES:
+        size = max(1, min(size, limit - len(chosen), _CANDIDATES - offset))
+        page = session.execute(query, {**params, "_offset": offset, "_limit": size}).all()
+        offset += len(page)
+        if not page:
+            break
+        needs = {row.id: Resources.of(row.cpu, row.memory_mib, row.gpu_count) for row in page}
+        taken = set(pack(free, list(needs.items()), limit=limit - len(chosen)))
+        for row in page:
+            if row.id in taken:
+                chosen.append(row)
+                free = free - needs[row.id]
+        smallest_here = max(1, min(need.cpu_m for need in needs.values()))
+        smallest = smallest_here if smallest is None else min(smallest, smallest_here)
+        if len(page) < size or len(taken) < len(page) or len(chosen) >= limit or free.cpu_m <= 0:
+            break  # the backlog is read, or the instance is full
+        size = free.cpu_m // smallest
+    if memo is not None and smallest is not None:
+        memo.put(memo_key, smallest)
+    return chosen
+
+
+def _functions(session, function_ids: set[int], memo: Memo | None) -> dict[int, _Function]:  # type: ignore[no-untyped-def]
+    """Blob, interpreter versions and port of each function, from ``memo`` when known."""
+    found: dict[int, _Function] = {}
+    missing = []
+    for function_id in function_ids:
+        known = memo.get(("function", function_id)) if memo is not None else None
+        if known is None:
+            missing.append(function_id)
+        else:
+            found[function_id] = known
+    if missing:
+        for row in session.execute(_FUNCTIONS, {"_ids": missing}):
+            function = _Function(
+                blob_hash=row.blob_hash,
+                python_version=row.python_version,
+                cloudpickle_version=row.cloudpickle_version,
+                port=wire.FunctionSpec.model_validate_json(row.spec).port,
+            )
+            found[row.id] = function
+            if memo is not None:
+                memo.put(("function", row.id), function)
+    return found

@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Row, bindparam, func, select, update
 
 from multinode import wire
 from multinode.errors import InvalidRequestError, NotFoundError
 from multinode_controlplane import models as m
 from multinode_controlplane.clock import to_datetime
+from multinode_controlplane.db import Memo
 from multinode_controlplane.domain import states
 from multinode_controlplane.services import schedules
 from multinode_controlplane.services.auth import Principal, ensure_owner, resolve_app
 from multinode_controlplane.services.context import Context
 from multinode_controlplane.services.events import SERVICES, instance_key
+
+_d, _f = m.deployments.c, m.functions.c
+
+# Statements of call creation's look-ups are built once: building one per execution costs
+# more than running it.
+_DEPLOYMENT = select(m.deployments).where(
+    _d.app_id == bindparam("_app"), _d.version == bindparam("_version")
+)
+_VERSIONS = select(_d.version).where(_d.app_id == bindparam("_app"))
+_FUNCTIONS = select(m.functions).where(_f.deployment_id == bindparam("_deployment"))
 
 
 def deploy(
@@ -163,8 +175,11 @@ def undeploy(ctx: Context, principal: Principal, app_name: str) -> wire.AppInfo:
     return info
 
 
-def current_deployment(session, app: m.AppRow, version: int | None = None) -> m.DeploymentRow:  # type: ignore[no-untyped-def]
-    """The app's deployment ``version`` (default: current). Raises :class:`NotFoundError`."""
+def current_deployment(
+    session, app, version: int | None = None, *, memo: Memo | None = None
+) -> Row[Any]:  # type: ignore[no-untyped-def]
+    """The app's deployment ``version`` (default: current), from ``memo`` when it holds it
+    (a deployment never changes once written). Raises :class:`NotFoundError`."""
     if version is None:
         if app.status != "deployed" or app.current_version is None:
             raise NotFoundError(
@@ -172,17 +187,14 @@ def current_deployment(session, app: m.AppRow, version: int | None = None) -> m.
                 details={"app": app.name},
             )
         version = app.current_version
-    row = session.execute(
-        select(m.DeploymentRow).where(
-            m.DeploymentRow.app_id == app.id, m.DeploymentRow.version == version
-        )
-    ).scalar_one_or_none()
+    key = ("deployment", app.id, version)
+    row = memo.get(key) if memo is not None else None
     if row is None:
-        versions = list(
-            session.execute(
-                select(m.DeploymentRow.version).where(m.DeploymentRow.app_id == app.id)
-            ).scalars()
-        )
+        row = session.execute(_DEPLOYMENT, {"_app": app.id, "_version": version}).first()
+        if row is not None and memo is not None:
+            memo.put(key, row)
+    if row is None:
+        versions = list(session.execute(_VERSIONS, {"_app": app.id}).scalars())
         raise NotFoundError(
             f"app {app.name!r} has no version {version}",
             details={"app": app.name, "version": version, "versions": sorted(versions)},
@@ -190,12 +202,17 @@ def current_deployment(session, app: m.AppRow, version: int | None = None) -> m.
     return row
 
 
-def find_function(session, app: m.AppRow, deployment: m.DeploymentRow, name: str) -> m.FunctionRow:  # type: ignore[no-untyped-def]
-    """The function ``name`` of ``deployment``; :class:`NotFoundError` lists those that exist."""
-    rows = session.execute(
-        select(m.FunctionRow).where(m.FunctionRow.deployment_id == deployment.id)
-    ).scalars()
-    by_name = {row.name: row for row in rows}
+def find_function(session, app, deployment, name: str, *, memo: Memo | None = None) -> Row[Any]:  # type: ignore[no-untyped-def]
+    """The function ``name`` of ``deployment``; :class:`NotFoundError` lists those that
+    exist. ``memo`` may hold a deployment's functions (they never change once written)."""
+    key = ("functions", deployment.id)
+    by_name = memo.get(key) if memo is not None else None
+    if by_name is None:
+        by_name = {
+            row.name: row for row in session.execute(_FUNCTIONS, {"_deployment": deployment.id})
+        }
+        if memo is not None:
+            memo.put(key, by_name)
     if name not in by_name:
         existing = sorted(by_name)
         raise NotFoundError(
@@ -235,7 +252,7 @@ def _app_info(session, app: m.AppRow) -> wire.AppInfo:  # type: ignore[no-untype
     )
 
 
-def _function_info(app_name: str, version: int, row: m.FunctionRow) -> wire.FunctionInfo:
+def _function_info(app_name: str, version: int, row: Any) -> wire.FunctionInfo:
     return wire.FunctionInfo(
         app=app_name,
         name=row.name,
