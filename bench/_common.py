@@ -55,6 +55,22 @@ def cpu_by_role(client_pid: int) -> dict[str, float]:
     return totals
 
 
+def count_role(role: str) -> int:
+    """How many processes of ``role`` (see :data:`ROLES`) are running."""
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        # A worker's command line also holds the agent's marker; roles are checked in order.
+        found = next((r for r, m in ROLES if m in cmdline), None)
+        count += found == role
+    return count
+
+
 def role_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """``after - before`` per role."""
     return {role: after[role] - before.get(role, 0.0) for role in after}

@@ -90,7 +90,7 @@ class VMRunner:
         cluster: str,
         state_dir: Path,
         interval: float = 0.1,
-        idle_interval: float = 0.5,
+        idle_interval: float = 0.25,
         grace: float = 5.0,
         python: str = sys.executable,
         isolation: str = "auto",
@@ -453,7 +453,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--idle-interval",
         type=float,
-        default=0.5,
+        default=0.25,
         help="seconds between passes once no VM has started or stopped for 10 s",
     )
     p.add_argument("--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL")
