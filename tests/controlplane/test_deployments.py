@@ -6,10 +6,18 @@ import pytest
 
 from multinode import wire
 from multinode.errors import ForbiddenError, InvalidRequestError, NotFoundError
-from multinode_controlplane.services import calls, deployments
+from multinode_controlplane.services import agents, calls, deployments
 from multinode_controlplane.services.auth import Principal
 from multinode_controlplane.services.context import Context
-from tests.controlplane.helpers import add_instance, call_row, deploy, submit
+from multinode_controlplane.services.instances import end_instances
+from tests.controlplane.helpers import (
+    ManualClock,
+    add_instance,
+    call_row,
+    deploy,
+    result,
+    submit,
+)
 
 
 def test_each_deploy_makes_a_new_immutable_version(ctx: Context, user: Principal) -> None:
@@ -122,3 +130,33 @@ def test_an_agent_acts_only_on_its_own_app(ctx: Context, user: Principal) -> Non
         calls.get_call(ctx, agent, beta_call)
     with pytest.raises(NotFoundError):
         calls.terminal_outputs(ctx, agent, [beta_call], check_exist=True)
+
+
+def test_running_calls_of_an_undeployed_app_end_saying_so(
+    ctx: Context, user: Principal, clock: ManualClock
+) -> None:
+    deploy(ctx, user)
+    reported, lost = submit(ctx, user, 2)
+    agent = add_instance(ctx, user, vcpus=2)
+    work = agents.poll_once(ctx, agent.instance_id, []).assignments
+    assert {a.call_id for a in work} == {reported, lost}
+
+    deployments.undeploy(ctx, user, "demo")
+    # One attempt its agent stops and reports; the other ends with the instance, which
+    # the provisioner terminates.
+    first = next(a for a in work if a.call_id == reported)
+    stopped = result(first, "cancelled", reason="cancelled on request")
+    agents.report(ctx, agent, wire.ReportRequest(results=[stopped]))
+    with ctx.db.write() as session:
+        end_instances(
+            session,
+            [agent.instance_id],
+            state="terminated",
+            reason="app undeployed",
+            now=clock(),
+            max_infra=ctx.settings.max_call_attempts,
+        )
+
+    for call_id in (reported, lost):
+        row = call_row(ctx, call_id)
+        assert (row.status, row.failure_reason) == ("cancelled", "app undeployed")

@@ -232,7 +232,7 @@ def test_undeploy_stops_a_running_job(local_cloud, write_app, app_name, tmp_path
     wait_until(
         lambda: crawl.get(job_id).status is JobStatus.cancelled, timeout=10, what="cancelled"
     )
-    assert crawl.get(job_id).reason
+    assert crawl.get(job_id).reason == "app undeployed"
 
 
 def test_mn_jobs_lists_runs_and_mn_cancel_stops_one(app: str, tmp_path: Path) -> None:

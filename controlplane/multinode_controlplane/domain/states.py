@@ -64,6 +64,7 @@ def after_attempt_failure(
     kind: FailureKind,
     *,
     cancel_requested: bool = False,
+    cancel_reason: str | None = None,
     reason: str | None = None,
 ) -> Decision:
     """Decide the fate of a call whose running attempt ended without success.
@@ -82,7 +83,9 @@ def after_attempt_failure(
         infra_failures: attempts lost to infrastructure before this one.
         max_infra: attempts a call may lose to infrastructure (``max_call_attempts``).
         kind: how this attempt ended.
-        cancel_requested: the caller asked to cancel the call.
+        cancel_requested: the caller asked to cancel the call...
+        cancel_reason: ...for this reason, when one was recorded (an undeploy says
+            "app undeployed"); "cancelled" otherwise.
         reason: the attempt's own explanation, kept on a final status.
     """
     if kind == "lost":
@@ -90,7 +93,7 @@ def after_attempt_failure(
     else:
         user_failures += 1
     if cancel_requested:
-        return Decision(CANCELLED, user_failures, infra_failures, "cancelled")
+        return Decision(CANCELLED, user_failures, infra_failures, cancel_reason or "cancelled")
     if kind == "lost":
         if infra_failures < max_infra:
             return Decision(QUEUED, user_failures, infra_failures)

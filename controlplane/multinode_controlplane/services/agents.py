@@ -52,6 +52,7 @@ _REPORTED = (
         _c.user_failures,
         _c.infra_failures,
         _c.cancel_requested,
+        _c.failure_reason,
         _c.app_id,
         _c.function,
     )
@@ -351,11 +352,13 @@ def _apply_result(result: wire.AttemptResult, row, now: float, max_infra: int) -
             max_infra,
             kind,
             cancel_requested=row.cancel_requested,
+            cancel_reason=row.failure_reason,
             reason=result.reason or default,
         )
         out.update(_status=decision.status, _user=decision.user_failures, _reason=decision.reason)
         if decision.status == states.QUEUED:
             out.update(_finished=None, _current=None)
     else:
-        out["_reason"] = result.reason or "cancelled"
+        # A running call carries a failure_reason only when its cancel recorded why.
+        out["_reason"] = row.failure_reason or result.reason or "cancelled"
     return out

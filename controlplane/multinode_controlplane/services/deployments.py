@@ -151,10 +151,11 @@ def undeploy(ctx: Context, principal: Principal, app_name: str) -> wire.AppInfo:
                 .returning(m.calls.c.id)
             ).scalars()
         )
+        # Why they end, kept for when they do (a running call has no failure_reason).
         session.execute(
             update(m.calls)
             .where(m.calls.c.app_id == app.id, m.calls.c.status == states.RUNNING)
-            .values(cancel_requested=True)
+            .values(cancel_requested=True, failure_reason="app undeployed")
         )
         instance_ids = list(
             session.execute(

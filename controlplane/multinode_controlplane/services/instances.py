@@ -66,6 +66,7 @@ def end_attempts(
             c.user_failures,
             c.infra_failures,
             c.cancel_requested,
+            c.failure_reason,
             c.app_id,
         )
         .join(m.calls, c.id == a.call_id)
@@ -85,6 +86,7 @@ def end_attempts(
             max_infra,
             kind,
             cancel_requested=row.cancel_requested,
+            cancel_reason=row.failure_reason,
             reason=reason,
         )
         states.check_transition(row.status, decision.status)
