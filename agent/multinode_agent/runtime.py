@@ -28,11 +28,15 @@ worker → agent:
     now loaded here, so the agent stops sending its blob). Every log line of a job is
     sent before its ``done``.
 
+A function defined with ``async def`` runs on an event loop of its own (``asyncio.run``);
+a job's async generator is driven like a plain one.
+
 This module imports only the standard library and cloudpickle, so a worker starts fast.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import faulthandler
 import inspect
@@ -46,7 +50,7 @@ import time
 import traceback
 from codecs import getincrementaldecoder
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -56,6 +60,8 @@ from multinode_agent.progress import ProgressSender
 
 # A partial line longer than this is sent without waiting for its newline.
 _MAX_PARTIAL = 16 * 1024
+# Frames of these files lead to the user's code; tracebacks start after them.
+_NOT_USER_CODE = (__file__, os.path.dirname(asyncio.__file__) + os.sep)
 # The agent's stderr, kept open for faulthandler (a closed file would silence it).
 _crash_log: io.TextIOWrapper | None = None
 
@@ -216,8 +222,12 @@ def run_job(
         return _failed(_unpickle_message(f"input of {job['function']}", exc, job), cached=True)
     try:
         value = func(*args, **kwargs)
+        if inspect.iscoroutine(value):  # an ``async def`` function: run it to its end
+            value = asyncio.run(value)
     except BaseException as exc:  # SystemExit from user code is a failure too
         return {"status": "failed", "error": describe_exception(exc), "cached": True}
+    if job.get("kind") == "job" and inspect.isasyncgen(value):
+        value = _iterate(value)
     if job.get("kind") == "job" and inspect.isgenerator(value):
         return drive(value, progress.offer if progress is not None else lambda _s, _d: None)
     try:
@@ -276,6 +286,23 @@ def drive(generator: Generator[Any, None, Any], offer: Callable[[int, bytes], No
     return {"status": "succeeded", "output": output, "cached": True}
 
 
+def _iterate(agen: AsyncGenerator[Any, None]) -> Generator[Any, None, None]:
+    """An async generator (an ``async def`` job that yields) as a plain generator, each
+    step run on an event loop of its own thread; closing it closes the async one."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                value = loop.run_until_complete(agen.__anext__())
+            except StopAsyncIteration:
+                return
+            yield value
+    finally:
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(agen.aclose())
+        loop.close()
+
+
 def version_mismatch(python_version: str, cloudpickle_version: str) -> str | None:
     """A message when the pickling side's major.minor versions differ from this interpreter's."""
     here_py = platform.python_version()
@@ -297,7 +324,10 @@ def describe_exception(exc: BaseException) -> dict:
     The traceback starts at the user's function (the worker's own frame is left out);
     ``pickled`` is None when the exception does not survive a pickle round trip.
     """
-    tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    tb = exc.__traceback__
+    # Leave out the worker's own frames, and the event loop's for ``async def`` code.
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_NOT_USER_CODE):
+        tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     try:
         pickled: bytes | None = cloudpickle.dumps(exc, protocol=5)

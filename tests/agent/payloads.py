@@ -119,3 +119,25 @@ def yield_unpicklable(marker: str):  # type: ignore[no-untyped-def]
 def yield_then_fail():  # type: ignore[no-untyped-def]
     yield "half"
     raise CustomError("broke at half")
+
+
+async def async_add(a: int, b: int) -> int:
+    import asyncio
+
+    await asyncio.sleep(0)
+    return a + b
+
+
+async def async_fail(message: str) -> None:
+    import asyncio
+
+    await asyncio.sleep(0)
+    raise CustomError(message)
+
+
+async def async_count_to(n: int):  # type: ignore[no-untyped-def]
+    import asyncio
+
+    for i in range(1, n + 1):
+        await asyncio.sleep(0)
+        yield i

@@ -120,3 +120,13 @@ def test_the_worker_is_reused_after_a_job(worker: Worker) -> None:
 
     assert first.status == second.status == "succeeded" and worker.alive
     assert cloudpickle.loads(second.output) == 3
+
+
+def test_an_async_generator_job_is_driven_like_a_plain_one(worker: Worker) -> None:
+    progress: list[tuple[int, Any]] = []
+    job = make_job(payloads.async_count_to, 4, kind="job", progress_interval_s=0)
+    outcome = run_job(worker, job, progress)
+
+    assert outcome.status == "succeeded"
+    assert cloudpickle.loads(outcome.output) == 4
+    assert progress[-1] == (4, 4)

@@ -347,3 +347,20 @@ def test_cancelling_the_running_call_of_a_batch_kills_it_and_hands_back_the_rest
 
     assert done[blocking.attempt_id].status == "cancelled"
     assert left == [rest] and not worker.alive
+
+
+def test_an_async_function_runs_to_its_result(worker: Worker) -> None:
+    outcome = worker.run(make_job(payloads.async_add, 2, b=3), on_logs=lambda _: None)
+
+    assert outcome.status == "succeeded" and cloudpickle.loads(outcome.output) == 5
+
+
+def test_an_async_function_raising_fails_with_its_exception_and_its_own_frames(
+    worker: Worker,
+) -> None:
+    outcome = worker.run(make_job(payloads.async_fail, "async bad"), on_logs=lambda _: None)
+
+    assert outcome.status == "failed" and outcome.error.message == "async bad"
+    assert type(cloudpickle.loads(outcome.error.pickled)).__name__ == "CustomError"
+    first_frame = outcome.error.traceback.splitlines()[1]
+    assert "in async_fail" in first_frame  # not the event loop's frames

@@ -43,6 +43,15 @@ def add(a, b):
 
 
 @mn.function(cpu=0.25, cooldown=120)
+async def fetch_twice(x):
+    # An async def function: the worker runs it on an event loop.
+    import asyncio
+
+    first, second = await asyncio.gather(asyncio.sleep(0, x), asyncio.sleep(0, x))
+    return first + second
+
+
+@mn.function(cpu=0.25, cooldown=120)
 def fail_on_odd(x):
     if x % 2:
         raise QuotaExceeded(f"odd input {x}")
@@ -113,6 +122,12 @@ def test_call_returns_the_result_and_map_keeps_input_order(app: str) -> None:
     assert square.call(7) == 49
     assert square.map(range(200)) == [x * x for x in range(200)]
     assert fn(app, "add").starmap([(1, 2), (3, 4), ("a", "b")]) == [3, 7, "ab"]
+
+
+def test_an_async_function_returns_its_awaited_result(app: str) -> None:
+    fetch_twice = fn(app, "fetch_twice")
+    assert fetch_twice.call(21) == 42
+    assert fetch_twice.map(range(5)) == [0, 2, 4, 6, 8]
 
 
 def test_remote_exception_comes_back_as_its_own_type_with_the_remote_traceback(app: str) -> None:

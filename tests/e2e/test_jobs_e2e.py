@@ -57,6 +57,16 @@ def with_return(n):
 
 
 @mn.job(cpu=0.25, cooldown=120)
+async def crawl_async(pages):
+    # An async generator job: each value is visible as the others are.
+    import asyncio
+
+    for page in range(1, pages + 1):
+        await asyncio.sleep(0)
+        yield {"page": page}
+
+
+@mn.job(cpu=0.25, cooldown=120)
 def explode():
     yield "read the input"
     raise ValueError("bad row 7")
@@ -116,6 +126,14 @@ def test_a_generators_progress_is_visible_while_it_runs(app: str, tmp_path: Path
     assert run.result == {"step": 3, "of": 3}  # no return value: the last yielded one
     assert run.error is None
     assert run.started_at is not None and run.finished_at is not None
+
+
+def test_an_async_generator_job_runs_like_a_plain_one(app: str) -> None:
+    crawl = mn.get_job(app, "crawl_async")
+    run = crawl.wait(crawl.start(3), timeout=30)
+
+    assert run.status is JobStatus.succeeded
+    assert run.result == {"page": 3} and run.yields == 3
 
 
 def test_a_returned_value_is_the_final_result(app: str) -> None:
