@@ -10,6 +10,7 @@ wake-up of the lane and of the worker per batch instead of per call.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -148,7 +150,10 @@ class Dispatcher(Generic[T]):
                     self._cond.wait()
                     looking = True  # woken by _balance
                 self._balance()  # CPU may be left for another lane
-            self._run([entry.item for entry in batch])
+            try:
+                self._run([entry.item for entry in batch])
+            except Exception:  # the lane, and the CPU it books, must outlive a bad batch
+                log.exception("running a batch failed")
 
     def _take(self) -> list[_Entry[T]]:
         """With the lock held: the oldest entry that fits, plus entries to batch with it."""

@@ -173,3 +173,24 @@ def test_a_call_larger_than_the_instance_runs_alone_once_it_is_idle(
     recorder.hold.set()
     recorder.wait_ran(2)
     assert recorder.ran() == ["small", "huge"] and recorder.most == 1
+
+
+def test_a_batch_that_raises_gives_its_cpu_back(closing: list) -> None:
+    ran: list[str] = []
+    second = threading.Event()
+
+    def run(batch: list[str]) -> None:
+        ran.extend(batch)
+        if batch == ["bad"]:
+            raise RuntimeError("a bug in the runner")
+        second.set()
+
+    dispatcher = Dispatcher(
+        vcpus=1, run=run, batch_limit=lambda: 1, max_wait_s=30.0, on_expired=lambda _i: None
+    )
+    closing.append(dispatcher)
+    dispatcher.submit("bad", cpu=1, key=None)
+    dispatcher.submit("next", cpu=1, key=None)
+
+    assert second.wait(10)  # the instance's only vCPU was released after the failure
+    assert ran == ["bad", "next"]
