@@ -26,12 +26,14 @@ ROLES = (
     ("controlplane", "multinode_controlplane"),
     ("vmrunner", "multinode_provisioner.vmrunner"),
     ("emulator", "multinode_provisioner.emulator"),
+    ("postgres", "postgres: "),  # the server's processes, when the control plane uses it
 )
 
 
 def cpu_by_role(client_pid: int) -> dict[str, float]:
     """CPU seconds so far of every process of the local cloud, summed by role (worker,
-    agent, controlplane, vmrunner, emulator) plus ``client`` (``client_pid``), from /proc.
+    agent, controlplane, vmrunner, emulator; postgres: every PostgreSQL server process on
+    the machine) plus ``client`` (``client_pid``), from /proc.
 
     Take it before and after a run and subtract (:func:`role_delta`): processes that
     live through the run (all of these do once instances are warm) are counted exactly.
