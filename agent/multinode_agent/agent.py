@@ -385,7 +385,7 @@ class Agent:
         finally:
             self._pool.release(worker)
             if finished:
-                self._pace.record((time.monotonic() - started) / finished)
+                self._pace.record(first.blob_hash, (time.monotonic() - started) / finished)
         if left and self._dispatcher is not None:
             # An earlier call of the batch was killed (timeout, cancel) or its worker died:
             # the calls after it never started, so they run in another worker.
@@ -469,16 +469,17 @@ class Agent:
     def _want_prefetch(self) -> int:
         """How many instance-sizes of calls to hold beyond the free slots: none unless
         recent calls were short, and the shorter they were, the more (up to
-        ``MAX_PREFETCH``), so the queue covers about ``_PREFETCH_COVER_S`` of work."""
+        ``MAX_PREFETCH``), so the queue covers about ``_PREFETCH_COVER_S`` of work. Judged
+        by the slowest function run here lately."""
         mean = self._pace.mean()
         if self.settings.prefetch_below_s <= 0 or not self._pace.short() or mean is None:
             return 0
         return max(1, min(MAX_PREFETCH, math.ceil(_PREFETCH_COVER_S / max(mean, 1e-6))))
 
-    def _batch_limit(self) -> int:
+    def _batch_limit(self, blob_hash: str) -> int:
         """How many calls of one function a lane may run in one worker round trip."""
-        mean = self._pace.mean()
-        if not self._pace.short() or mean is None:
+        mean = self._pace.mean(blob_hash)
+        if not self._pace.short(blob_hash) or mean is None:
             return 1
         return max(1, min(_MAX_BATCH, int(_BATCH_S / max(mean, 1e-6))))
 

@@ -39,7 +39,7 @@ class Dispatcher(Generic[T]):
         run: called in a lane thread with a batch of items (oldest first, at least one)
             whose CPU is booked until it returns; a batch of several shares one booking,
             since its items run one after another.
-        batch_limit: the most items of one key a batch may hold right now (1: no batching).
+        batch_limit: the most items of a key a batch may hold right now (1: no batching).
         max_wait_s: an item queued longer than this is taken out and handed to
             ``on_expired`` (it is given back to the control plane unstarted).
         on_expired: called outside the lock, once per expired item.
@@ -50,7 +50,7 @@ class Dispatcher(Generic[T]):
         *,
         vcpus: float,
         run: Callable[[list[T]], None],
-        batch_limit: Callable[[], int],
+        batch_limit: Callable[[str], int],
         max_wait_s: float,
         on_expired: Callable[[T], None],
     ) -> None:
@@ -168,7 +168,7 @@ class Dispatcher(Generic[T]):
             # that could run beside this one.
             room = max(1, (free - entry.need_m) // entry.need_m + 1)
             share = math.ceil((len(self._queue) + 1) / room)
-            limit = min(self._batch_limit(), share)
+            limit = min(self._batch_limit(entry.key), share)
             for other in list(self._queue):
                 if len(batch) >= limit:
                     break
@@ -199,28 +199,49 @@ class Dispatcher(Generic[T]):
 
 
 class Pace:
-    """How long recent calls took: an exponentially weighted mean of their durations,
-    reset by a give-back. Decides whether to prefetch and batch, and how much."""
+    """How long recent calls took, per function: an exponentially weighted mean of each
+    function's call durations, all forgotten on a give-back, and a function's forgotten
+    once it has not run for ``memory_s``. Decides whether to batch a function's calls and
+    how many, and, by the slowest function run lately, how much to prefetch: an instance
+    running tiny calls beside long ones must not hold many of the long ones unstarted."""
 
-    def __init__(self, short_s: float, *, weight: float = 0.2) -> None:
+    def __init__(
+        self,
+        short_s: float,
+        *,
+        weight: float = 0.2,
+        memory_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.short_s = short_s
         self._weight = weight
-        self._mean: float | None = None
+        self._memory_s = memory_s
+        self._clock = clock
+        self._means: dict[str, tuple[float, float]] = {}  # function -> (mean, last seen)
         self._lock = threading.Lock()
 
-    def record(self, seconds: float) -> None:
+    def record(self, function: str, seconds: float) -> None:
         with self._lock:
-            m = self._mean
-            self._mean = seconds if m is None else m + self._weight * (seconds - m)
+            known = self._means.get(function)
+            mean = seconds if known is None else known[0] + self._weight * (seconds - known[0])
+            self._means[function] = (mean, self._clock())
 
     def reset(self) -> None:
         with self._lock:
-            self._mean = None
+            self._means.clear()
 
-    def mean(self) -> float | None:
-        """The mean duration, or None before the first call or since a give-back."""
-        return self._mean
+    def mean(self, function: str | None = None) -> float | None:
+        """The mean duration of ``function``'s calls, or (None) of the slowest function
+        run within ``memory_s``; None when there is none."""
+        with self._lock:
+            if function is not None:
+                known = self._means.get(function)
+                return None if known is None else known[0]
+            cutoff = self._clock() - self._memory_s
+            recent = [mean for mean, seen in self._means.values() if seen >= cutoff]
+            return max(recent) if recent else None
 
-    def short(self) -> bool:
-        m = self._mean
+    def short(self, function: str | None = None) -> bool:
+        """Whether ``function``'s calls (or every function's lately) are short."""
+        m = self.mean(function)
         return m is not None and m < self.short_s

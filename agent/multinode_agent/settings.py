@@ -91,10 +91,10 @@ class AgentSettings(BaseSettings):
     prefetch_below_s: float = Field(
         0.5,
         ge=0,
-        description="while this agent's calls take less than this on average, it asks for "
-        "calls beyond its free slots (one instance's worth, up to 16 for very short calls), "
-        "so a slot never waits on a round trip, and runs short calls of one function in "
-        "batches; 0 turns prefetching off (MN_AGENT_PREFETCH_BELOW_S)",
+        description="while every function this agent ran in the last minute takes less than "
+        "this on average, it asks for calls beyond its free slots (one instance's worth, up "
+        "to 16 for very short calls), so a slot never waits on a round trip; calls of a "
+        "function this short run in batches; 0 turns both off (MN_AGENT_PREFETCH_BELOW_S)",
     )
     prefetch_max_wait_s: float = Field(
         5.0,

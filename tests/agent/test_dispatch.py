@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from multinode_agent.dispatch import Dispatcher
+from multinode_agent.dispatch import Dispatcher, Pace
 
 
 class Recorder:
@@ -54,7 +54,7 @@ def make(recorder: Recorder, *, vcpus: float, limit: int = 1, **kw) -> Dispatche
     return Dispatcher(
         vcpus=vcpus,
         run=recorder,
-        batch_limit=lambda: limit,
+        batch_limit=lambda _key: limit,
         max_wait_s=kw.pop("max_wait_s", 30.0),
         on_expired=kw.pop("on_expired", lambda _item: None),
     )
@@ -186,7 +186,7 @@ def test_a_batch_that_raises_gives_its_cpu_back(closing: list) -> None:
         second.set()
 
     dispatcher = Dispatcher(
-        vcpus=1, run=run, batch_limit=lambda: 1, max_wait_s=30.0, on_expired=lambda _i: None
+        vcpus=1, run=run, batch_limit=lambda _key: 1, max_wait_s=30.0, on_expired=lambda _i: None
     )
     closing.append(dispatcher)
     dispatcher.submit("bad", cpu=1, key=None)
@@ -194,3 +194,21 @@ def test_a_batch_that_raises_gives_its_cpu_back(closing: list) -> None:
 
     assert second.wait(10)  # the instance's only vCPU was released after the failure
     assert ran == ["bad", "next"]
+
+
+def test_the_slowest_function_run_lately_decides_the_pace() -> None:
+    now = [0.0]
+    pace = Pace(0.5, memory_s=60.0, clock=lambda: now[0])
+    assert not pace.short()  # nothing run yet: no prefetch, no batches
+
+    pace.record("tiny", 0.001)
+    assert pace.short() and pace.short("tiny") and pace.mean() == 0.001
+    pace.record("long", 20.0)
+    # Tiny calls still batch, but the instance no longer holds extra calls of any kind.
+    assert pace.short("tiny") and not pace.short("long") and not pace.short()
+
+    now[0] = 61.0  # "long" has not run for a minute
+    pace.record("tiny", 0.001)
+    assert pace.short()
+    pace.reset()  # a give-back: calls are not short here after all
+    assert not pace.short() and not pace.short("tiny")
