@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import select
 import signal
@@ -36,6 +37,8 @@ ProgressSink = Callable[[int, bytes], None]
 """Called with ``(seq, pickled_value)`` for the latest value a job's generator yielded."""
 
 _START_TIMEOUT_S = 60.0
+# How long a skipped job may stay at the head of a batch before it counts as started.
+_SKIP_ANSWER_S = 0.05
 _BOOT = "import multinode_agent.runtime as r; r.main()"
 
 
@@ -209,9 +212,16 @@ class Worker:
         remaining = list(jobs)  # in order; the first is running
         skipped: set[str] = set()
         deadline = time.monotonic() + remaining[0].timeout_s
+        confirm_by = math.inf  # see below: when an unanswered skip means the job started
         while remaining:
             head = remaining[0]
-            timed_out = self._wait(deadline)
+            timed_out = self._wait(min(deadline, confirm_by))
+            if timed_out and time.monotonic() >= confirm_by:
+                # The head was skipped while queued, but the worker had started it before
+                # it read the skip (a skip it applies is answered at once): stop it.
+                self.kill()
+                on_done(head, Outcome("cancelled", reason="cancelled on request"))
+                return remaining[1:]
             if timed_out:
                 self.kill()
                 on_done(
@@ -250,7 +260,10 @@ class Worker:
                     if remaining and remaining[0] is not head:
                         head = remaining[0]
                         deadline = time.monotonic() + head.timeout_s
-                        if head.attempt_id in self._cancels and head.attempt_id not in skipped:
+                        confirm_by = math.inf
+                        if head.attempt_id in skipped:
+                            confirm_by = time.monotonic() + _SKIP_ANSWER_S
+                        elif head.attempt_id in self._cancels:
                             self.kill()  # cancelled as it started: stop it as if running
                             on_done(head, Outcome("cancelled", reason="cancelled on request"))
                             return remaining[1:]

@@ -364,3 +364,24 @@ def test_an_async_function_raising_fails_with_its_exception_and_its_own_frames(
     assert type(cloudpickle.loads(outcome.error.pickled)).__name__ == "CustomError"
     first_frame = outcome.error.traceback.splitlines()[1]
     assert "in async_fail" in first_frame  # not the event loop's frames
+
+
+def test_cancelling_a_batched_call_as_it_starts_stops_it(worker: Worker) -> None:
+    # The cancel may reach the worker as a skip after the call started (the previous
+    # call's outcome is still on its way): the call must still be stopped, not run on.
+    quick = make_job(payloads.add, 1, b=1)
+    blocking = make_job(payloads.print_then_wait, "/nonexistent/never", bound_s=30.0)
+    done: dict[str, Outcome] = {}
+
+    def on_logs(lines: list[LogLine]) -> None:
+        if any(a == blocking.attempt_id for a, _, _, _ in lines):
+            worker.cancel(blocking.attempt_id)
+
+    started = time.monotonic()
+    left = worker.run_batch(
+        [quick, blocking], on_logs=on_logs, on_done=lambda j, o: done.__setitem__(j.attempt_id, o)
+    )
+
+    assert done[quick.attempt_id].status == "succeeded"
+    assert done[blocking.attempt_id].status == "cancelled"
+    assert left == [] and time.monotonic() - started < 20  # not the job's own 30 s bound
