@@ -64,7 +64,6 @@ class Dispatcher(Generic[T]):
         self._expiry = threading.Condition(lock)  # the expiry thread waits here
         self._queue: deque[_Entry[T]] = deque()
         self._used_m = 0
-        self._lanes = 0
         self._idle = 0  # lanes waiting for work that nobody has woken yet
         self._looking = 0  # lanes started or woken to look at the queue, not there yet
         self._closed = False
@@ -126,7 +125,6 @@ class Dispatcher(Generic[T]):
             self._idle -= 1
             self._cond.notify()
             return
-        self._lanes += 1
         threading.Thread(target=self._lane, name="mn-lane", daemon=True).start()
 
     def _lane(self) -> None:
@@ -138,7 +136,6 @@ class Dispatcher(Generic[T]):
                     self._used_m -= batch[0].need_m
                 while True:
                     if self._closed:
-                        self._lanes -= 1
                         return
                     if looking:
                         self._looking -= 1
@@ -169,12 +166,14 @@ class Dispatcher(Generic[T]):
             room = max(1, (free - entry.need_m) // entry.need_m + 1)
             share = math.ceil((len(self._queue) + 1) / room)
             limit = min(self._batch_limit(entry.key), share)
-            for other in list(self._queue):
-                if len(batch) >= limit:
-                    break
-                if other.key == entry.key:
-                    self._queue.remove(other)
-                    batch.append(other)
+            if limit > 1:
+                kept: deque[_Entry[T]] = deque()
+                for other in self._queue:  # one pass, keeping the others' order
+                    if other.key == entry.key and len(batch) < limit:
+                        batch.append(other)
+                    else:
+                        kept.append(other)
+                self._queue = kept
         self._used_m += entry.need_m
         return batch
 
