@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -30,6 +31,21 @@ ROLES = (
 )
 
 
+def processes_by_role() -> Iterator[tuple[int, str]]:
+    """``(pid, role)`` of every running process that has one of :data:`ROLES`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue  # gone meanwhile
+        # A worker's command line also holds the agent's marker; roles are checked in order.
+        role = next((r for r, marker in ROLES if marker in cmdline), None)
+        if role is not None:
+            yield int(entry.name), role
+
+
 def cpu_by_role(client_pid: int) -> dict[str, float]:
     """CPU seconds so far of every process of the local cloud, summed by role (worker,
     agent, controlplane, vmrunner, emulator; postgres: every PostgreSQL server process on
@@ -39,38 +55,18 @@ def cpu_by_role(client_pid: int) -> dict[str, float]:
     live through the run (all of these do once instances are warm) are counted exactly.
     """
     totals = {role: 0.0 for role, _ in ROLES} | {"client": 0.0}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    found = [(client_pid, "client"), *processes_by_role()]
+    for pid, role in found:
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            seconds = cpu_seconds(int(entry.name))
+            totals[role] += cpu_seconds(pid)
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile
-        if int(entry.name) == client_pid:
-            totals["client"] += seconds
-            continue
-        for role, marker in ROLES:
-            if marker in cmdline:
-                totals[role] += seconds
-                break
     return totals
 
 
 def count_role(role: str) -> int:
     """How many processes of ``role`` (see :data:`ROLES`) are running."""
-    count = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        # A worker's command line also holds the agent's marker; roles are checked in order.
-        found = next((r for r, m in ROLES if m in cmdline), None)
-        count += found == role
-    return count
+    return sum(found == role for _, found in processes_by_role())
 
 
 def role_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
