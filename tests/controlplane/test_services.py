@@ -8,7 +8,7 @@ import time
 import pytest
 
 from multinode import wire
-from multinode.errors import InvalidRequestError
+from multinode.errors import InvalidRequestError, NotFoundError
 from multinode_controlplane.loops.provisioner import Provisioner
 from multinode_controlplane.services import agents, deployments, service_replicas
 from multinode_controlplane.services.auth import Principal
@@ -157,3 +157,19 @@ def test_undeploy_stops_every_replica(ctx: Context, user: Principal) -> None:
         "stopped",
         "stopping",
     ]
+
+
+def test_a_declared_service_has_no_replicas_until_the_loop_starts_them(
+    ctx: Context, user: Principal
+) -> None:
+    deploy(ctx, user, web=web(), f=wire.FunctionSpec(cpu=0.5))
+    # Right after the deploy: known, nothing running yet (not "no such service").
+    assert service_replicas.get_service(ctx, user, "demo", "web") == []
+    with pytest.raises(NotFoundError, match="has no service 'f'"):
+        service_replicas.get_service(ctx, user, "demo", "f")  # a function, not a service
+    with pytest.raises(NotFoundError, match="has no service 'other'"):
+        service_replicas.get_service(ctx, user, "demo", "other")
+
+    service_replicas.reconcile(ctx)
+    [replica] = service_replicas.get_service(ctx, user, "demo", "web")
+    assert replica.state == wire.ServiceState.pending

@@ -165,7 +165,7 @@ def test_a_port_that_never_answers_is_reported_after_the_timeout(local_cloud, wr
     info = mn.deploy(write_app(SILENT_APP), name=app_name)
     silent = mn.get_service(app_name, "silent")
     wait_until(
-        lambda: silent.replicas()[0].state == ServiceState.starting,
+        lambda: [r.state for r in silent.replicas()] == [ServiceState.starting],
         timeout=60,
         what="the service process to start",
     )

@@ -212,14 +212,19 @@ def list_services(
 
 
 def get_service(ctx: Context, principal: Principal, app: str, name: str) -> list[wire.ServiceInfo]:
-    """The live replicas of service ``name`` of ``app`` (stopped ones too if none is live).
+    """The live replicas of service ``name`` of ``app`` (stopped ones too if none is live);
+    empty while the current deployment declares it but the services loop has not yet
+    started its replicas (right after a deploy).
 
     Raises:
-        NotFoundError: no such app, or the app never ran a service of that name.
+        NotFoundError: no such app, or the app neither declares nor ever ran a service of
+            that name.
     """
     rows = [
         s for s in list_services(ctx, principal, app=app, include_stopped=True) if s.name == name
     ]
+    if not rows and _declared(ctx, principal, app, name):
+        return []
     if not rows:
         raise NotFoundError(
             f"app {app!r} has no service {name!r}; declare one with @mn.service(port=...) and "
@@ -231,6 +236,20 @@ def get_service(ctx: Context, principal: Principal, app: str, name: str) -> list
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def _declared(ctx: Context, principal: Principal, app: str, name: str) -> bool:
+    """Whether the app's current deployment has a service called ``name``."""
+    ap, d, f = m.apps.c, m.deployments.c, m.functions.c
+    with ctx.db.read() as session:
+        app_id = resolve_app(session, principal, app).id
+        spec = session.execute(
+            select(f.spec)
+            .join(m.deployments, d.id == f.deployment_id)
+            .join(m.apps, and_(ap.id == d.app_id, ap.current_version == d.version))
+            .where(ap.id == app_id, ap.status == "deployed", f.name == name)
+        ).scalar_one_or_none()
+    return spec is not None and wire.FunctionSpec.model_validate_json(spec).kind == "service"
 
 
 def _wanted(session) -> dict[tuple[int, str], tuple[int, int, wire.FunctionSpec]]:  # type: ignore[no-untyped-def]
