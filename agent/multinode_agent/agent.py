@@ -37,6 +37,8 @@ from multinode.wire import (
     Assignment,
     AttemptProgress,
     AttemptResult,
+    FunctionEnv,
+    FunctionEnvRequest,
     PollRequest,
     PollResponse,
     RegisterRequest,
@@ -54,9 +56,11 @@ from multinode_agent.client import (
     backoff,
 )
 from multinode_agent.dispatch import Dispatcher, Pace
+from multinode_agent.environments import EnvironmentCache, EnvironmentUnavailable
 from multinode_agent.reporter import Reporter
 from multinode_agent.service_runner import ServiceRunner, placement
 from multinode_agent.settings import AgentSettings
+from multinode_agent.sources import SourceError, SourceTrees, is_import_reference
 from multinode_agent.worker import Job, LogLine, Outcome, Worker, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -68,6 +72,8 @@ _FLUSH_S = 5.0
 _BATCH_S = 0.01
 _PREFETCH_COVER_S = 0.05
 _MAX_BATCH = 64
+# Secret values shorter than this are not masked in logs: they would hide ordinary text.
+_MIN_MASKED = 4
 
 
 class StopReason(str, Enum):
@@ -88,6 +94,15 @@ class StopReason(str, Enum):
 def _batch_key(a: Assignment) -> str | None:
     """Calls of one function may share a worker round trip; jobs and services never do."""
     return a.blob_hash if a.kind == "function" else None
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What a function's workers run with: its variables (secrets included) and the
+    folder of its environment (None: the agent's own packages only)."""
+
+    env: dict[str, str]
+    environment: str | None
 
 
 @dataclass(eq=False)
@@ -135,6 +150,14 @@ class Agent:
         self._clients_lock = threading.Lock()
         self._reporter: Reporter | None = None
         self._blobs = BlobCache(cache_dir=settings.cache_dir, fetch=self._fetch_blob)
+        self._sources = SourceTrees(cache_dir=settings.cache_dir / "source", blobs=self._blobs)
+        self._environments = EnvironmentCache(cache_dir=settings.cache_dir / "environments")
+        # (function, version) -> its variables and environment, read once per agent
+        self._setups: dict[tuple[str, int], _Setup] = {}
+        self._envs_lock = threading.Lock()
+        # Values of the secrets given to this agent's functions, masked in every log line
+        # (longest first, so a value containing another is masked whole).
+        self._masks: tuple[str, ...] = ()
         self._dispatcher: Dispatcher[_Attempt] | None = None  # sized at registration
         self._pace = Pace(settings.prefetch_below_s)
 
@@ -335,8 +358,17 @@ class Agent:
         first = batch[0].assignment
         started = time.monotonic()
         finished = 0
+        setup = self._setup(first)
+        if setup is None:
+            return  # the agent is stopping
+        if isinstance(setup, Outcome):
+            for attempt in batch:
+                self._finish(attempt, setup)
+            return
         try:
-            worker = self._pool.acquire(prefer_function=first.blob_hash)
+            worker = self._pool.acquire(
+                prefer_function=first.blob_hash, environment=setup.environment
+            )
         except Exception as exc:
             self._fail_all(batch, exc)
             return
@@ -367,7 +399,7 @@ class Agent:
                 self._finish(live[job.attempt_id], outcome)
 
             left = worker.run_batch(
-                [self._job(a.assignment, blob) for a in live.values()],
+                [self._job(a.assignment, blob, setup) for a in live.values()],
                 on_logs=self._add_logs,
                 on_done=done,
                 on_progress=lambda job, seq, value: self._add_progress(
@@ -493,11 +525,14 @@ class Agent:
         blob = self._blob(a.blob_hash)
         if blob is None or isinstance(blob, Outcome):
             return blob
+        setup = self._setup(a)
+        if setup is None or isinstance(setup, Outcome):
+            return setup
         # A service takes no arguments; the control plane never pickles, so the agent does.
         no_args = cloudpickle.dumps(((), {}))
         runner = ServiceRunner(
             a,
-            job=lambda port: self._job(a, blob, input=no_args, env={"PORT": str(port)}),
+            job=lambda port: self._job(a, blob, setup, input=no_args, env={"PORT": str(port)}),
             pool=self._pool,
             place=placement(self.settings.vm_address, self.settings.vm_isolated),
             on_event=self._add_service_event,
@@ -515,27 +550,76 @@ class Agent:
             self._reporter.add_service_event(event)
 
     def _blob(self, blob_hash: str) -> bytes | Outcome | None:
+        """The function blob for a worker: a pickle as stored, or an import reference
+        whose source is now on disk (the reference then names the folder)."""
         failures = 0
         while not self._stop.is_set():
             try:
-                return self._blobs.get(blob_hash)
+                blob = self._blobs.get(blob_hash)
+                return self._sources.prepare(blob) if is_import_reference(blob) else blob
             except Refused as exc:
                 return Outcome("failed", reason=f"function blob {blob_hash} unavailable: {exc}")
+            except SourceError as exc:
+                return Outcome("failed", reason=f"the function's source is unusable: {exc}")
             except Unreachable as exc:
                 log.warning("fetching blob %s failed: %s", blob_hash, exc)
                 self._stop.wait(backoff(failures))
                 failures += 1
         return None
 
+    def _setup(self, a: Assignment) -> _Setup | Outcome | None:
+        """What ``a``'s function runs with (its variables and secrets, its environment on
+        disk), read once per function version; None when the agent stops first."""
+        key = (a.function, a.version)
+        with self._envs_lock:
+            known = self._setups.get(key)
+        if known is not None:
+            return known
+        request = FunctionEnvRequest(function=a.function, version=a.version)
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                answer = self._client().post("/agent/function-env", request, FunctionEnv)
+                path = (
+                    str(self._environments.path(answer.environment))
+                    if answer.environment is not None
+                    else None
+                )
+            except Refused as exc:
+                return Outcome("failed", reason=f"the function's setup is unavailable: {exc}")
+            except (Unreachable, EnvironmentUnavailable) as exc:
+                log.warning("preparing %s failed: %s", a.function, exc)
+                self._stop.wait(backoff(failures))
+                failures += 1
+                continue
+            env = answer.env
+            setup = _Setup(env=env, environment=path)
+            with self._envs_lock:
+                self._setups[key] = setup
+                values = {env[k] for k in answer.secret_keys if len(env.get(k, "")) >= _MIN_MASKED}
+                if values - set(self._masks):
+                    self._masks = tuple(sorted({*self._masks, *values}, key=len, reverse=True))
+            return setup
+        return None
+
+    def _mask(self, text: str) -> str:
+        for value in self._masks:
+            if value in text:
+                text = text.replace(value, "***")
+        return text
+
     def _job(
         self,
         a: Assignment,
         blob: bytes | None,
+        setup: _Setup,
         *,
         input: bytes | None = None,
         env: dict[str, str] | None = None,
     ) -> Job:
+        # The function's own variables first: the platform's MN_* ones always win.
         env = {
+            **setup.env,
             **(env or {}),
             "MN_URL": self.settings.url,
             "MN_API_KEY": self._token,
@@ -556,9 +640,12 @@ class Agent:
             env=env,
             kind=a.kind,
             progress_interval_s=self.settings.progress_interval_s,
+            environment=setup.environment,
         )
 
     def _add_logs(self, lines: list[LogLine]) -> None:
+        if self._masks:
+            lines = [(a, stream, self._mask(text), ts) for a, stream, text, ts in lines]
         ours = [
             AgentLog(attempt_id=attempt_id, stream=stream, text=text, ts=ts)
             for attempt_id, stream, text, ts in lines

@@ -6,7 +6,8 @@ the socket closes. Messages are pickled tuples (standard pickle; only plain data
 
 agent → worker:
     ``("run", job)``: ``job`` is a dict with ``attempt_id``, ``function``, ``blob_hash``,
-    ``blob`` (the pickled function, or None when this worker already loaded it), ``input``
+    ``blob`` (the pickled function, or an import reference naming the folder of its
+    source, see :func:`load_function`; None when this worker already loaded it), ``input``
     (pickled ``(args, kwargs)``), ``python_version``, ``cloudpickle_version``, ``env``,
     and optionally ``kind`` (``"job"`` drives a returned generator, see :func:`drive`)
     and ``progress_interval_s``. Several may be sent back to back (a batch of short
@@ -39,8 +40,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import importlib
 import inspect
 import io
+import json
 import os
 import platform
 import select
@@ -61,7 +64,7 @@ from multinode_agent.progress import ProgressSender
 # A partial line longer than this is sent without waiting for its newline.
 _MAX_PARTIAL = 16 * 1024
 # Frames of these files lead to the user's code; tracebacks start after them.
-_NOT_USER_CODE = (__file__, os.path.dirname(asyncio.__file__) + os.sep)
+_NOT_USER_CODE = (__file__, os.path.dirname(asyncio.__file__) + os.sep, "<frozen importlib")
 # The agent's stderr, kept open for faulthandler (a closed file would silence it).
 _crash_log: io.TextIOWrapper | None = None
 
@@ -103,7 +106,7 @@ def main() -> None:
     capture = OutputCapture(send)
     progress = ProgressSender(send)
     functions: dict[str, Callable[..., Any]] = {}
-    unloadable: dict[str, str] = {}
+    unloadable: dict[str, dict] = {}
     queued: deque[dict] = deque()
     outcomes = OutcomeSender(send)
     send(("ready", os.getpid()))
@@ -186,7 +189,7 @@ def run_job(
     job: dict,
     functions: dict[str, Callable[..., Any]],
     progress: ProgressSender | None = None,
-    unloadable: dict[str, str] | None = None,
+    unloadable: dict[str, dict] | None = None,
 ) -> dict:
     """Run one job and describe its outcome; never raises for anything the user's code does.
 
@@ -197,6 +200,8 @@ def run_job(
     :func:`drive`, its values offered to ``progress``.
     """
     _set_env(job["env"])
+    if job.get("environment"):
+        use_environment(job["environment"])
     mismatch = version_mismatch(job["python_version"], job["cloudpickle_version"])
     if mismatch:
         return _failed(mismatch, cached=job["blob_hash"] in functions)
@@ -204,17 +209,24 @@ def run_job(
     if func is None:
         if job["blob"] is None:
             known = (unloadable or {}).get(job["blob_hash"])
-            return _failed(
-                known or f"function blob {job['blob_hash']} was not sent to the worker",
-                cached=False,
+            return known or _failed(
+                f"function blob {job['blob_hash']} was not sent to the worker", cached=False
             )
         try:
-            func = cloudpickle.loads(job["blob"])
-        except Exception as exc:
-            message = _unpickle_message(f"function {job['function']}", exc, job)
+            func = load_function(job["blob"])
+        except _SourceImportError as exc:
+            # The user's module raised while being imported: report it as their error.
+            failure = {"status": "failed", "error": describe_exception(exc.cause), "cached": False}
             if unloadable is not None:
-                unloadable[job["blob_hash"]] = message
-            return _failed(message, cached=False)
+                unloadable[job["blob_hash"]] = failure
+            return failure
+        except Exception as exc:
+            failure = _failed(
+                _unpickle_message(f"function {job['function']}", exc, job), cached=False
+            )
+            if unloadable is not None:
+                unloadable[job["blob_hash"]] = failure
+            return failure
         functions[job["blob_hash"]] = func
     try:
         args, kwargs = cloudpickle.loads(job["input"])
@@ -237,13 +249,106 @@ def run_job(
     return {"status": "succeeded", "output": output, "cached": True}
 
 
+class _SourceImportError(Exception):
+    """Importing the user's module (or finding the function in it) raised ``cause``."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+# The folder of the app source this worker imports from, and the variables the last job
+# set that the worker did not start with.
+_source_path: str | None = None
+_job_keys: set[str] = set()
+_start_env = dict(os.environ)
+
+
+def load_function(blob: bytes) -> Callable[..., Any]:
+    """The function a blob stands for.
+
+    A cloudpickle is unpickled. An import reference (JSON with ``path``, ``module`` and
+    ``qualname``) imports ``module`` from the source folder ``path`` (which becomes the
+    first entry of ``sys.path`` and the working directory) and walks ``qualname``; a
+    decorated handle gives its plain function. A worker that switches to another source
+    folder (a new version of the app) first forgets every module imported from the old one.
+
+    Raises:
+        _SourceImportError: the module raised while importing, or lacks the name.
+        Exception: the pickle could not be loaded.
+    """
+    if blob[:1] != b"{":
+        return cloudpickle.loads(blob)
+    ref = json.loads(blob)
+    _use_source(ref["path"])
+    try:
+        obj: Any = importlib.import_module(ref["module"])
+        for part in ref["qualname"].split("."):
+            obj = getattr(obj, part)
+    except BaseException as exc:  # SystemExit at import is the user's failure too
+        raise _SourceImportError(exc) from exc
+    return getattr(obj, "_func", None) or obj
+
+
+_environment: str | None = None
+
+
+def use_environment(path: str) -> None:
+    """Put the environment folder ``path`` (installed packages) first on ``sys.path``,
+    its ``.pth`` files applied, and on ``PYTHONPATH`` for the processes user code starts.
+    Done once per worker: the agent gives a worker jobs of one environment only."""
+    global _environment
+    if _environment == path:
+        return
+    if _environment is not None:
+        raise RuntimeError(f"this worker runs environment {_environment}, not {path}")
+    import site
+
+    site.addsitedir(path)  # appends, and processes .pth files
+    with contextlib.suppress(ValueError):
+        sys.path.remove(path)
+    sys.path.insert(0, path)
+    importlib.invalidate_caches()
+    current = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = path + (os.pathsep + current if current else "")
+    _start_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    _environment = path
+
+
+def _use_source(path: str) -> None:
+    global _source_path
+    if path == _source_path:
+        return
+    old = _source_path
+    if old is not None:
+        prefix = old + os.sep
+        for name, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None) or ""
+            if file.startswith(prefix):
+                del sys.modules[name]
+        with contextlib.suppress(ValueError):
+            sys.path.remove(old)
+    sys.path.insert(0, path)
+    importlib.invalidate_caches()
+    os.chdir(path)
+    _source_path = path
+
+
 def _set_env(env: dict[str, str]) -> None:
-    """Set the job's variables; only the changed ones (consecutive calls of one function
-    differ in one or two)."""
+    """Make the job's variables the process's: set the changed ones (consecutive calls
+    of one function differ in one or two), and undo what an earlier job of another
+    function set, so one function's variables and secrets never reach another's calls."""
     environ = os.environ
+    for key in _job_keys - env.keys():
+        if key in _start_env:
+            environ[key] = _start_env[key]
+        else:
+            environ.pop(key, None)
     for key, value in env.items():
         if environ.get(key) != value:
             environ[key] = value
+    _job_keys.clear()
+    _job_keys.update(env)
 
 
 def drive(generator: Generator[Any, None, Any], offer: Callable[[int, bytes], None]) -> dict:
@@ -329,17 +434,46 @@ def describe_exception(exc: BaseException) -> dict:
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_NOT_USER_CODE):
         tb = tb.tb_next
     text = "".join(traceback.format_exception(type(exc), exc, tb))
-    try:
-        pickled: bytes | None = cloudpickle.dumps(exc, protocol=5)
-        cloudpickle.loads(pickled)  # some exceptions pickle but cannot be rebuilt
-    except Exception:
-        pickled = None
     return {
         "type": _qualified_name(type(exc)),
         "message": str(exc),
         "traceback": text,
-        "pickled": pickled,
+        "pickled": pickle_exception(exc),
     }
+
+
+def pickle_exception(exc: BaseException) -> bytes | None:
+    """``exc`` pickled so that unpickling gives an exception of its class with its
+    attributes, or None when even that fails.
+
+    Pickle rebuilds an exception by calling its class with ``exc.args``, which breaks for
+    the common ``__init__(self, url, status)`` that passes a message to ``super()``; such
+    an exception is pickled as its class, ``args`` and ``__dict__`` instead, and rebuilt
+    without calling ``__init__`` (:func:`multinode._serialization.restore_exception`).
+    """
+    try:
+        pickled = cloudpickle.dumps(exc, protocol=5)
+        cloudpickle.loads(pickled)
+        return pickled
+    except Exception:
+        pass
+    try:
+        from multinode._serialization import restore_exception
+
+        kind = type(exc)
+
+        class ByState(cloudpickle.CloudPickler):
+            def reducer_override(self, obj: Any) -> Any:
+                if type(obj) is kind:
+                    return restore_exception, (kind, obj.args, dict(vars(obj)))
+                return super().reducer_override(obj)
+
+        buffer = io.BytesIO()
+        ByState(buffer, protocol=5).dump(exc)
+        cloudpickle.loads(buffer.getvalue())
+        return buffer.getvalue()
+    except Exception:
+        return None
 
 
 class OutputCapture:

@@ -133,6 +133,16 @@ class ServiceRunner:
             delay = self._backoff.delay(quick_exits)
             detail = describe_exit(outcome)
             looping = quick_exits >= CRASH_LOOP_AFTER
+            if outcome.error is not None and outcome.error.traceback:
+                # What the process raised (an import error of the app's module among them)
+                # reaches the logs, and so a failed deploy's message, with its traceback.
+                now = time.time()
+                self._on_logs(
+                    [
+                        (a.attempt_id, "stderr", line, now)
+                        for line in outcome.error.traceback.rstrip("\n").split("\n")
+                    ]
+                )
             self._note(
                 f"service process {detail} after {ran_s:.1f}s; restarting in {delay:g}s"
                 + (" (crash loop: it keeps exiting soon after it starts)" if looping else "")
@@ -145,7 +155,8 @@ class ServiceRunner:
     # -- helpers -----------------------------------------------------------------------
 
     def _run_once(self, port: int) -> Outcome:
-        worker = self._pool.acquire()
+        job = self._job(port)
+        worker = self._pool.acquire(environment=job.environment)
         try:
             with self._lock:
                 self._worker = worker
@@ -156,7 +167,7 @@ class ServiceRunner:
                 target=self._probe, args=(port, finished), name="mn-service-probe", daemon=True
             ).start()
             try:
-                return worker.run(self._job(port), on_logs=self._on_logs)
+                return worker.run(job, on_logs=self._on_logs)
             finally:
                 finished.set()
         finally:

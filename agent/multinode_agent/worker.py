@@ -57,6 +57,8 @@ class Job:
         kind: the function's kind; for ``"job"``, a returned generator is run to its end
             and its values reported as progress.
         progress_interval_s: least time between two progress reports of this job.
+        environment: the folder of the function's environment (its packages), or None
+            for the agent's own packages only. A worker keeps the first it is given.
     """
 
     attempt_id: str
@@ -70,6 +72,7 @@ class Job:
     env: Mapping[str, str] = field(default_factory=dict)
     kind: str = "function"
     progress_interval_s: float = 0.5
+    environment: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ class Worker:
         self._cancels: set[str] = set()
         self._events: list[tuple[int, int]] = []
         self._functions: set[str] = set()
+        self.bound = False  # whether it has run a job (and so holds an environment)
+        self.environment: str | None = None
         self._dead = False
         self.idle_since = time.monotonic()
         if not self._conn.poll(_START_TIMEOUT_S):
@@ -138,6 +143,11 @@ class Worker:
     def alive(self) -> bool:
         """False once the process was killed or found dead; such a worker is never reused."""
         return not self._dead and self._proc.poll() is None
+
+    def fits(self, environment: str | None) -> bool:
+        """Whether a job of ``environment`` may run here: a worker keeps the environment
+        of its first job (packages, once imported, cannot be swapped)."""
+        return not self.bound or self.environment == environment
 
     def has_function(self, blob_hash: str) -> bool:
         """True when the function is loaded here, so a job may omit its blob."""
@@ -194,7 +204,10 @@ class Worker:
         for job in jobs:
             if job.blob is None and job.blob_hash not in loaded:
                 raise ValueError(f"worker {self.pid} has not loaded {job.blob_hash}; send the blob")
+            if not self.fits(job.environment):
+                raise ValueError(f"worker {self.pid} runs another environment than {job.function}")
             loaded.add(job.blob_hash)
+        self.bound, self.environment = True, jobs[0].environment if jobs else self.environment
         by_id = {job.attempt_id: job for job in jobs}
         self._cancels.intersection_update(by_id)  # requests for earlier batches are stale
         sent_blobs: set[str] = set()
@@ -316,6 +329,7 @@ class Worker:
             "env": dict(job.env),
             "kind": job.kind,
             "progress_interval_s": job.progress_interval_s,
+            "environment": job.environment,
         }
 
     def _wait(self, deadline: float) -> bool:
@@ -405,8 +419,11 @@ class WorkerPool:
         # Starting hundreds of interpreters at once would starve the running calls of CPU.
         self._max_spawning = max(2, os.cpu_count() or 2)
 
-    def acquire(self, *, prefer_function: str | None = None) -> Worker:
-        """An idle worker (one that has ``prefer_function`` loaded if any), else a new one.
+    def acquire(
+        self, *, prefer_function: str | None = None, environment: str | None = None
+    ) -> Worker:
+        """An idle worker that fits ``environment`` (one that has ``prefer_function``
+        loaded if any), else a new one.
 
         Raises:
             WorkerStartError: the worker started for this caller failed to start.
@@ -417,7 +434,7 @@ class WorkerPool:
             while True:
                 if self._closed:
                     raise RuntimeError("worker pool is closed")
-                worker = self._pick(prefer_function)
+                worker = self._pick(prefer_function, environment)
                 if worker is not None:
                     self._busy.add(worker)
                     return worker
@@ -498,11 +515,14 @@ class WorkerPool:
                 return
         worker.close()
 
-    def _pick(self, prefer_function: str | None) -> Worker | None:
-        while self._idle:
-            index = len(self._idle) - 1
+    def _pick(self, prefer_function: str | None, environment: str | None) -> Worker | None:
+        while True:
+            fitting = [i for i, w in enumerate(self._idle) if w.fits(environment)]
+            if not fitting:
+                return None
+            index = fitting[-1]
             if prefer_function is not None:
-                for i in range(len(self._idle) - 1, -1, -1):
+                for i in reversed(fitting):
                     if self._idle[i].has_function(prefer_function):
                         index = i
                         break
@@ -510,7 +530,6 @@ class WorkerPool:
             if worker.alive:
                 return worker
             worker.close()
-        return None
 
 
 @dataclass

@@ -14,12 +14,15 @@ from multinode import wire
 from multinode_controlplane import __version__
 from multinode_controlplane.api import agent, apps, blobs, calls, errors, health, instances, logs
 from multinode_controlplane.api import dicts as dicts_api
+from multinode_controlplane.api import environments as environments_api
 from multinode_controlplane.api import jobs as jobs_api
 from multinode_controlplane.api import schedules as schedules_api
+from multinode_controlplane.api import secrets as secrets_api
 from multinode_controlplane.api import services as services_api
 from multinode_controlplane.clock import Clock, system_clock
 from multinode_controlplane.db import Database
 from multinode_controlplane.loops import run_forever
+from multinode_controlplane.loops.builder import Builder
 from multinode_controlplane.loops.provisioner import Provisioner
 from multinode_controlplane.loops.reaper import Reaper
 from multinode_controlplane.loops.scheduler import Scheduler
@@ -27,7 +30,7 @@ from multinode_controlplane.loops.services import ServicesLoop
 from multinode_controlplane.services import auth, aws_check, provisioning
 from multinode_controlplane.services.context import Context
 from multinode_controlplane.services.dict_storage import DictStorage
-from multinode_controlplane.services.events import PROVISIONER, SERVICES, Notifier
+from multinode_controlplane.services.events import BUILDER, PROVISIONER, SERVICES, Notifier
 from multinode_controlplane.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,17 @@ def create_app(
             tasks.append(
                 asyncio.create_task(
                     run_forever(
+                        "builder",
+                        Builder(ctx, app.state.dict_storage).run_once,
+                        notifier=ctx.notifier,
+                        wake_on=[BUILDER],
+                        interval=settings.services_interval_s,
+                    )
+                )
+            )
+            tasks.append(
+                asyncio.create_task(
+                    run_forever(
                         "services",
                         ServicesLoop(ctx).run_once,
                         notifier=ctx.notifier,
@@ -132,6 +146,8 @@ def create_app(
         schedules_api,
         dicts_api,
         services_api,
+        secrets_api,
+        environments_api,
     ):
         app.include_router(module.router, prefix="/v1")
     app.include_router(jobs_api.router, prefix="/v1")

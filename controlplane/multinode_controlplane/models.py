@@ -63,6 +63,46 @@ class FunctionRow(SQLModel, table=True):
     blob_hash: str
 
 
+class SecretRow(SQLModel, table=True):
+    """A named secret of an owner: its values encrypted (Fernet), its key names in clear
+    so listings never decrypt. See services/secrets.py."""
+
+    __tablename__ = "secrets"
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str = Field(foreign_key="owners.name")
+    name: str
+    keys: str  # JSON list of the key names
+    ciphertext: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: float
+    updated_at: float
+
+
+class EnvironmentRow(SQLModel, table=True):
+    """A set of packages for one Python and platform, built once by the builder loop and
+    stored packed in the bucket. See services/environments.py."""
+
+    __tablename__ = "environments"
+
+    id: str = Field(primary_key=True)  # sha256 of python, platform, requirements, base
+    python: str
+    platform: str
+    requirements: str  # JSON list, as requested
+    status: str = Field(index=True)  # pending | building | ready | failed
+    builds: int = 0  # how many builds started
+    lease_until: float | None = None  # a building row whose lease passed is taken again
+    size: int | None = None
+    sha256: str | None = None  # of the packed file
+    object_key: str | None = None
+    packages: str = "[]"  # JSON list of the pins installed (beyond the VM's own)
+    build_s: float | None = None
+    error: str | None = None
+    log: str = ""
+    created_at: float
+    updated_at: float
+
+
 class BlobRow(SQLModel, table=True):
     """A content-addressed function blob (a pickled function; never unpickled here)."""
 

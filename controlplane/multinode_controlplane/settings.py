@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -10,9 +11,16 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def _home() -> Path:
+    return Path(os.environ.get("MN_HOME") or Path.home() / ".multinode")
+
+
 def _default_database_url() -> str:
-    home = Path(os.environ.get("MN_HOME") or Path.home() / ".multinode")
-    return f"sqlite:///{home / 'controlplane.db'}"
+    return f"sqlite:///{_home() / 'controlplane.db'}"
+
+
+def _own_python() -> list[str]:
+    return [f"{sys.version_info.major}.{sys.version_info.minor}"]
 
 
 class ServerSettings(BaseSettings):
@@ -54,6 +62,34 @@ class ServerSettings(BaseSettings):
     )
     agent_extra_env: dict[str, str] = Field(
         default_factory=dict, description="Extra environment variables exported in user-data."
+    )
+    secrets_key: str | None = Field(
+        None,
+        description="Key(s) encrypting secrets at rest, comma-separated (the first encrypts, "
+        "every one decrypts, so a key can be rotated): Fernet keys, or random strings a Fernet "
+        "key is derived from (SHA-256). Unset with SQLite: a key is "
+        "made once in secrets.key beside the database file (mode 0600). Unset with "
+        "PostgreSQL: secrets are refused, since replicas must share one key.",
+    )
+    vm_pythons: list[str] = Field(
+        default_factory=_own_python,
+        description="Python minor versions the VMs' agents run (JSON list, e.g. "
+        '["3.11"]); a deploy for another is refused with this list. Default: this '
+        "process's, which is the VMs' on the local cloud.",
+    )
+    build_dir: Path = Field(
+        default_factory=lambda: _home() / "builds",
+        description="Where environments are built, and uv's download cache kept (so a "
+        "rebuild or a similar environment downloads little).",
+    )
+    build_timeout_s: float = Field(
+        900.0, gt=0, description="Longest one environment build may take before it fails."
+    )
+    build_index_url: str | None = Field(
+        None, description="Package index the builds use (uv's default, PyPI, when unset)."
+    )
+    environment_url_ttl_s: int = Field(
+        3600, gt=0, description="Lifetime of the presigned URL a VM downloads an environment by."
     )
     heartbeat_interval_s: float = Field(5.0, gt=0, description="How often agents should poll.")
     agent_poll_timeout_s: float = Field(

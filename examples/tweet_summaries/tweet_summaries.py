@@ -55,19 +55,15 @@ def summarize() -> list[str]:
     return SUBJECTS
 
 
-def create_app() -> FastAPI:
-    """The web app, built where it runs: a FastAPI object does not survive being pickled, so
-    the service builds it on its VM (its routes may use anything defined in this file)."""
-    app = FastAPI()
+app = FastAPI()
 
-    @app.get("/tweet_summaries")
-    def latest(subject: str) -> dict:
-        summary = summaries.get(subject)
-        if summary is None:
-            raise HTTPException(404, f"no summary for {subject!r} yet; subjects: {SUBJECTS}")
-        return summary
 
-    return app
+@app.get("/tweet_summaries")
+def latest(subject: str) -> dict:
+    summary = summaries.get(subject)
+    if summary is None:
+        raise HTTPException(404, f"no summary for {subject!r} yet; subjects: {SUBJECTS}")
+    return summary
 
 
 @mn.service(port=80, cpu=1)
@@ -75,4 +71,4 @@ def api() -> None:
     # PORT is 80 on a VM of its own; on a local cloud without network namespaces it is a
     # free port, so listen where it says.
     port = int(os.environ.get("PORT", 80))
-    uvicorn.run(create_app(), host="0.0.0.0", port=port, log_level="warning")
+    uvicorn.run(app, host="0.0.0.0", port=port, log_level="warning")

@@ -95,6 +95,42 @@ class Client:
         response = self._request("HEAD", f"/blobs/{sha256}", ok=(200, 404))
         return response.status_code == 200
 
+    def missing_blobs(self, hashes: list[str]) -> list[str]:
+        """The hashes among ``hashes`` the control plane does not store (a request per 1,000)."""
+        missing: list[str] = []
+        for start in range(0, len(hashes), 1000):
+            body = wire.BlobsMissingRequest(hashes=hashes[start : start + 1000])
+            response = self._request("POST", "/blobs/missing", json=body.model_dump(mode="json"))
+            missing += wire.BlobsMissingResponse.model_validate(response.json()).missing
+        return missing
+
+    # ------------------------------------------------------------------ environments
+
+    def request_environment(self, request: wire.EnvironmentRequest) -> wire.EnvironmentInfo:
+        response = self._request("POST", "/environments", json=request.model_dump(mode="json"))
+        return wire.EnvironmentInfo.model_validate(response.json())
+
+    def get_environment(self, env_id: str, *, log_offset: int = 0) -> wire.EnvironmentInfo:
+        response = self._request(
+            "GET", f"/environments/{env_id}", params={"log_offset": log_offset}
+        )
+        return wire.EnvironmentInfo.model_validate(response.json())
+
+    # ------------------------------------------------------------------ secrets
+
+    def set_secret(self, name: str, values: dict[str, str]) -> wire.SecretInfo:
+        body = wire.SecretSet(values=values).model_dump(mode="json")
+        response = self._request("PUT", f"/secrets/{name}", json=body)
+        return wire.SecretInfo.model_validate(response.json())
+
+    def list_secrets(self) -> list[wire.SecretInfo]:
+        items = self._request("GET", "/secrets").json()
+        return [wire.SecretInfo.model_validate(item) for item in items]
+
+    def delete_secret(self, name: str) -> wire.SecretInfo:
+        response = self._request("DELETE", f"/secrets/{name}", retry=False)
+        return wire.SecretInfo.model_validate(response.json())
+
     def put_blob(self, sha256: str, data: bytes) -> None:
         """Upload a content-addressed blob (repeating it is harmless)."""
         self._request(

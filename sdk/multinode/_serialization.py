@@ -88,6 +88,15 @@ def pickle_function(func: Callable[..., Any]) -> bytes:
     return dumps(func, what=f"function {name}")
 
 
+def restore_exception(cls: type[BaseException], args: tuple, state: dict) -> BaseException:
+    """Rebuild an exception pickled by the worker as class, ``args`` and attributes,
+    without calling its ``__init__`` (whose signature may not take ``args``)."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
+
+
 def blob_hash(data: bytes) -> str:
     """The content address of a blob: lowercase sha256 hex."""
     return hashlib.sha256(data).hexdigest()

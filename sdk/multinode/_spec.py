@@ -52,6 +52,10 @@ def build_spec(
     retries: Any = 0,
     max_workers: Any = 10,
     cooldown: Any = 60,
+    env: Any = None,
+    secrets: Any = None,
+    pip: Any = None,
+    python: Any = None,
     kind: Literal["function", "job", "service"] = "function",
 ) -> wire.FunctionSpec:
     """Validate decorator arguments for ``func_name`` and return its spec.
@@ -80,7 +84,81 @@ def build_spec(
         cooldown_s=parse_seconds(
             cooldown, arg="cooldown", where=where, example="cooldown=120", allow_zero=True
         ),
+        env=parse_env(env, where=where),
+        secrets=parse_secrets(secrets, where=where),
+        pip=parse_pip(pip, where=where),
+        python=parse_python(python, where=where),
     )
+
+
+def parse_pip(value: Any, *, where: str) -> list[str]:
+    """Requirements of the function (added to the app's requirements.txt), e.g.
+    ``["humanize==4.17.0"]``."""
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise _invalid(where, "pip", value, 'a list of requirements, e.g. pip=["pandas==2.2.3"]')
+    if len(value) > wire.MAX_REQUIREMENTS:
+        raise _invalid(where, "pip", f"<{len(value)} items>", f"at most {wire.MAX_REQUIREMENTS}")
+    for requirement in value:
+        problem = wire.requirement_problem(requirement)
+        if problem:
+            raise InvalidRequestError(
+                f"{where}: pip: {problem}", details={"argument": "pip", "value": repr(requirement)}
+            )
+    return [r.strip() for r in value]
+
+
+def parse_python(value: Any, *, where: str) -> str | None:
+    """A Python minor version such as ``"3.12"``; None for the deployer's."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.match(wire.PYTHON_MINOR_PATTERN, value):
+        raise _invalid(where, "python", value, 'a minor version as a string, e.g. python="3.12"')
+    return value
+
+
+def parse_env(value: Any, *, where: str) -> dict[str, str]:
+    """Variables for the function's processes: a dict of names to strings (None: none)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _invalid(
+            where, "env", value, 'a dict of names to strings, e.g. env={"LEVEL": "debug"}'
+        )
+    if len(value) > wire.MAX_ENV_VARS:
+        raise _invalid(
+            where, "env", f"<{len(value)} variables>", f"at most {wire.MAX_ENV_VARS} variables"
+        )
+    for key, item in value.items():
+        problem = wire.env_problem(key, item)
+        if problem:
+            raise InvalidRequestError(
+                f"{where}: env: {problem}", details={"argument": "env", "key": repr(key)}
+            )
+    return dict(value)
+
+
+def parse_secrets(value: Any, *, where: str) -> list[str]:
+    """Names of secrets (``mn secret set NAME ...``) whose keys the function gets as variables."""
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise _invalid(where, "secrets", value, 'a list of secret names, e.g. secrets=["twitter"]')
+    names: list[str] = []
+    for name in value:
+        if not isinstance(name, str) or not re.match(wire.SECRET_NAME_PATTERN, name):
+            raise InvalidRequestError(
+                f"{where}: secret name {name!r} is not valid; {wire.SECRET_NAME_RULE}",
+                details={"argument": "secrets", "value": repr(name)},
+            )
+        if name not in names:
+            names.append(name)
+    if len(names) > wire.MAX_SECRETS_PER_FUNCTION:
+        raise _invalid(
+            where, "secrets", value, f"at most {wire.MAX_SECRETS_PER_FUNCTION} secret names"
+        )
+    return names
 
 
 def parse_cpu(value: Any, *, where: str) -> float:

@@ -114,7 +114,8 @@ def deploy_command(
     """
     from multinode._deploy import default_app_name, deploy
 
-    info = deploy(path, name=name or default_app_name(path))
+    with err.status(f"deploying {path}") as status:
+        info = deploy(path, name=name or default_app_name(path), progress=_build_progress(status))
     services = [f.name for f in info.functions if f.spec.kind == "service"]
     if as_json:
         _print_json(info)
@@ -158,7 +159,10 @@ def run_command(
             f"or name an entry, e.g. `mn run {path}::ENTRY` (its @mn.function functions: {names})"
         )
     name = f"{default_app_name(path)}-run-{uuid.uuid4().hex[:8]}"
-    deploy(list(functions.values()), name=name, ephemeral=True)
+    with err.status(f"deploying {path}") as status:
+        deploy(
+            list(functions.values()), name=name, ephemeral=True, progress=_build_progress(status)
+        )
     streamer = _LogStreamer(name)
     streamer.start()
     err.print(f"[dim]running {path} as ephemeral app {name}[/dim]")
@@ -177,6 +181,20 @@ def run_command(
             _client().undeploy(name)
         except MultinodeError as exc:
             err.print(f"[yellow]warning:[/yellow] could not undeploy {name}: {exc.message}")
+
+
+def _build_progress(status: Any) -> Callable[[str], None]:
+    """Shows environment builds: each step on the spinner and in the output, the build's
+    own lines dimmed beneath it."""
+
+    def show(line: str) -> None:
+        if line.startswith("  "):
+            err.print(f"[dim]{escape(line)}[/dim]", highlight=False, soft_wrap=True)
+            return
+        err.print(escape(line), highlight=False, soft_wrap=True)
+        status.update(escape(line))
+
+    return show
 
 
 class _LogStreamer:
@@ -455,16 +473,18 @@ def _mib(value: int) -> str:
     return f"{value / 1024:g} GiB" if value >= 1024 else f"{value} MiB"
 
 
-# `mn dict ...` and `mn localstack ...` live in their own modules; registered here so
+# `mn dict ...`, `mn localstack ...` and `mn secret ...` live in their own modules; registered here so
 # `mn --help` lists them.
 import multinode._job_cli  # noqa: E402,F401  (registers `mn jobs`)
 import multinode._schedule_cli  # noqa: E402,F401  (registers the schedule commands)
 import multinode._service_cli  # noqa: E402,F401  (registers `mn services`)
 from multinode._dict_cli import dict_app  # noqa: E402
 from multinode._localstack_cli import localstack_app  # noqa: E402
+from multinode._secret_cli import secret_app  # noqa: E402
 
 app.add_typer(dict_app, name="dict")
 app.add_typer(localstack_app, name="localstack")
+app.add_typer(secret_app, name="secret")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,22 @@ class ServiceNotReadyError(MultinodeError, TimeoutError):
     status = 504
 
 
+class EnvironmentBuildError(MultinodeError):
+    """A function's packages could not be installed: the message carries the resolver's
+    (or installer's) own explanation; nothing was deployed."""
+
+    code = "build_failed"
+    status = 422
+
+
+class SecretsUnavailableError(MultinodeError):
+    """The control plane has no key to encrypt or decrypt secrets with; the message says
+    which setting to give it."""
+
+    code = "secrets_unavailable"
+    status = 409  # a setting is missing: retrying the same request cannot help
+
+
 _BY_CODE: dict[str, type[MultinodeError]] = {
     cls.code: cls
     for cls in (
@@ -146,6 +162,8 @@ _BY_CODE: dict[str, type[MultinodeError]] = {
         InfrastructureError,
         ResultTimeoutError,
         ServiceNotReadyError,
+        SecretsUnavailableError,
+        EnvironmentBuildError,
     )
 }
 

@@ -210,6 +210,10 @@ def function(
     retries: int = 0,
     max_workers: int = 10,
     cooldown: Any = 60,
+    env: dict[str, str] | None = None,
+    secrets: list[str] | None = None,
+    pip: list[str] | None = None,
+    python: str | None = None,
 ) -> Callable[[Callable[..., R]], Function[R]]: ...
 
 
@@ -224,6 +228,10 @@ def function(
     retries: int = 0,
     max_workers: int = 10,
     cooldown: Any = 60,
+    env: dict[str, str] | None = None,
+    secrets: list[str] | None = None,
+    pip: list[str] | None = None,
+    python: str | None = None,
 ) -> Any:
     """Declare a function that can run on cloud VMs; use as ``@mn.function`` or with options.
 
@@ -236,6 +244,14 @@ def function(
         retries: how often a call that raised is tried again.
         max_workers: calls of this function that may run at the same time.
         cooldown: seconds (or a timedelta) an idle VM is kept before it is terminated.
+        env: variables set in this function's processes on the VM, e.g.
+            ``{"LEVEL": "debug"}`` (names starting with ``MN_`` are reserved).
+        secrets: names of secrets made with ``mn secret set``; each key becomes a
+            variable of this function's processes, and of no other function's.
+        pip: requirements of this function, e.g. ``["humanize==4.17.0"]``, added to the
+            app's ``requirements.txt``; the environment is built once at deploy.
+        python: the Python minor version to run on, e.g. ``"3.12"`` (default: the one
+            deploying).
 
     Raises:
         InvalidRequestError: at decoration time, for any invalid option, with the fix.
@@ -248,6 +264,10 @@ def function(
         "retries": retries,
         "max_workers": max_workers,
         "cooldown": cooldown,
+        "env": env,
+        "secrets": secrets,
+        "pip": pip,
+        "python": python,
     }
     return make_decorator(_func, options, defaults=_DEFAULTS, cls=Function, kind="function")
 
@@ -260,6 +280,10 @@ _DEFAULTS: dict[str, Any] = {
     "retries": 0,
     "max_workers": 10,
     "cooldown": 60,
+    "env": None,
+    "secrets": None,
+    "pip": None,
+    "python": None,
 }
 
 

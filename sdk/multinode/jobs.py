@@ -212,6 +212,10 @@ def job(
     retries: int = 0,
     max_workers: int = 10,
     cooldown: Any = 60,
+    env: dict[str, str] | None = None,
+    secrets: list[str] | None = None,
+    pip: list[str] | None = None,
+    python: str | None = None,
 ) -> Callable[[Callable[..., R]], Job[R]]: ...
 
 
@@ -226,6 +230,10 @@ def job(
     retries: int = 0,
     max_workers: int = 10,
     cooldown: Any = 60,
+    env: dict[str, str] | None = None,
+    secrets: list[str] | None = None,
+    pip: list[str] | None = None,
+    python: str | None = None,
 ) -> Any:
     """Declare a job: long work started with ``.start`` and followed by id.
 
@@ -233,7 +241,8 @@ def job(
     it yields becomes the run's ``result`` while it runs.
 
     Args:
-        cpu, memory, gpu, retries, max_workers, cooldown: as for ``@mn.function``.
+        cpu, memory, gpu, retries, max_workers, cooldown, env, secrets, pip, python: as
+            for ``@mn.function``.
         timeout: seconds (or a timedelta) one run may last before it is stopped and
             failed; default one day.
 
@@ -248,6 +257,10 @@ def job(
         "retries": retries,
         "max_workers": max_workers,
         "cooldown": cooldown,
+        "env": env,
+        "secrets": secrets,
+        "pip": pip,
+        "python": python,
     }
     return make_decorator(_func, options, defaults=_DEFAULTS, cls=Job, kind="job")
 

@@ -113,7 +113,8 @@ def schedule(
         catchup_window: after downtime, the latest missed due time runs if it is at most
             this old (a timedelta or seconds); the others are recorded as missed.
         **function_options: ``cpu``, ``memory``, ``gpu``, ``timeout``, ``retries``,
-            ``max_workers``, ``cooldown``, as for ``@mn.function``.
+            ``max_workers``, ``cooldown``, ``env``, ``secrets``, ``pip``, ``python``, as
+            for ``@mn.function``.
 
     Raises:
         InvalidRequestError: at decoration time: both or neither of interval/cron, a bad
@@ -212,7 +213,19 @@ def _client() -> Any:
 # ---------------------------------------------------------------------------- decoration
 
 _SCHEDULE_ARGS = ("interval", "period", "reference_time", "cron", "timezone")
-_FUNCTION_ARGS = ("cpu", "memory", "gpu", "timeout", "retries", "max_workers", "cooldown")
+_FUNCTION_ARGS = (
+    "cpu",
+    "memory",
+    "gpu",
+    "timeout",
+    "retries",
+    "max_workers",
+    "cooldown",
+    "env",
+    "secrets",
+    "pip",
+    "python",
+)
 
 
 def _decorator(kind: str, func: Callable[..., Any] | None, options: dict[str, Any]) -> Any:

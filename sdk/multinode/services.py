@@ -95,6 +95,10 @@ def service(
     memory: int | str | None = None,
     gpu: str | None = None,
     replicas: int = 1,
+    env: dict[str, str] | None = None,
+    secrets: list[str] | None = None,
+    pip: list[str] | None = None,
+    python: str | None = None,
 ) -> Any:
     """Declare a service listening on ``port``; use as ``@mn.service(port=80)``.
 
@@ -103,6 +107,8 @@ def service(
         cpu, memory, gpu: the instance each replica gets to itself, sized as for
             ``@mn.function``.
         replicas: how many copies run, each on its own instance.
+        env, secrets, pip, python: its variables, secrets, requirements and Python, as
+            for ``@mn.function``.
 
     Raises:
         InvalidRequestError: at decoration time, for a missing or bad option, or a function
@@ -120,7 +126,8 @@ def service(
     replicas = _parse_int(
         replicas, arg="replicas", where=where, low=1, high=100, example="replicas=2"
     )
-    resources = {"cpu": cpu, "memory": memory, "gpu": gpu}
+    resources = {"cpu": cpu, "memory": memory, "gpu": gpu, "env": env, "secrets": secrets}
+    resources.update(pip=pip, python=python)
     base = build_spec("the decorated function", kind="service", **resources)
 
     def decorate(fn: Callable[..., Any]) -> Service:

@@ -10,13 +10,25 @@ This module imports only pydantic (the control plane and the agent import it too
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import Enum
 from typing import Literal
 
-from pydantic import Base64Bytes, BaseModel, Field
+from pydantic import Base64Bytes, BaseModel, Field, field_validator
 
 WIRE_FORMAT = 1
+# A function blob that is an import reference (JSON) rather than a cloudpickle, and the
+# manifest of an app's source files it names: see multinode._source.
+SOURCE_REFERENCE_FORMAT = "mn-import/1"
+SOURCE_MANIFEST_FORMAT = "mn-source/1"
+MAX_ENV_VARS = 200
+MAX_SECRETS_PER_FUNCTION = 50
+MAX_SECRET_KEYS = 100
+MAX_ENV_VALUE_BYTES = 32 * 1024
+MAX_REQUIREMENTS = 500
+MAX_REQUIREMENT_LENGTH = 500
+PYTHON_MINOR_PATTERN = r"^3\.[0-9]{1,2}$"
 
 # ---------------------------------------------------------------------------- errors
 
@@ -49,6 +61,111 @@ class FunctionSpec(BaseModel):
     cooldown_s: float = Field(60.0, ge=0)
     port: int | None = Field(None, ge=1, le=65535, description="service: the port it listens on")
     replicas: int = Field(1, ge=1, le=100, description="service: how many copies run")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_ENV_VARS,
+        description="variables set in this function's processes on the VM",
+    )
+    secrets: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_SECRETS_PER_FUNCTION,
+        description="names of secrets whose keys are set in this function's processes",
+    )
+    pip: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_REQUIREMENTS,
+        description="requirements of this function, added to the app's requirements.txt",
+    )
+    python: str | None = Field(
+        None,
+        pattern=PYTHON_MINOR_PATTERN,
+        description="Python minor version to run on (default: the deployer's)",
+    )
+    environment: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="the built environment (app and function requirements) it runs in; "
+        "set by the SDK at deploy, None for none",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            problem = env_problem(key, value)
+            if problem:
+                raise ValueError(problem)
+        return env
+
+    @field_validator("pip")
+    @classmethod
+    def _check_pip(cls, requirements: list[str]) -> list[str]:
+        for requirement in requirements:
+            problem = requirement_problem(requirement)
+            if problem:
+                raise ValueError(problem)
+        return requirements
+
+    @field_validator("secrets")
+    @classmethod
+    def _check_secrets(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.match(SECRET_NAME_PATTERN, name):
+                raise ValueError(f"secret name {name!r} is not valid; {SECRET_NAME_RULE}")
+        if len(set(names)) != len(names):
+            raise ValueError("a secret is named twice; name each once")
+        return names
+
+
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+SECRET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+SECRET_NAME_RULE = (
+    "use letters, digits, '-', '_' or '.', starting with a letter or digit, at most 63 characters"
+)
+
+
+def requirement_problem(requirement: object) -> str | None:
+    """Why ``requirement`` is not one requirement line, or None if it may be.
+
+    A requirement is a PEP 508 line such as ``pandas==2.2.3`` or ``torch>=2; sys_platform
+    == "linux"``; options (``-r``, ``--index-url``) and local paths are refused: an
+    environment is built on the control plane, where the user's files do not exist.
+    """
+    if not isinstance(requirement, str):
+        return f"a requirement must be a string, not {type(requirement).__name__}"
+    text = requirement.strip()
+    if not text or len(text) > MAX_REQUIREMENT_LENGTH or any(c in text for c in "\r\n\x00"):
+        return (
+            f"requirement {requirement[:80]!r} is not one line of at most "
+            f"{MAX_REQUIREMENT_LENGTH} characters, e.g. 'pandas==2.2.3'"
+        )
+    if text.startswith("-"):
+        return (
+            f"requirement {text!r} is an option; list packages only, e.g. 'pandas==2.2.3' "
+            "(indexes and constraints are the control plane's settings)"
+        )
+    if text.startswith((".", "/", "~")) or "file:" in text:
+        return f"requirement {text!r} names a local path, which the build cannot read"
+    return None
+
+
+def env_problem(key: str, value: object) -> str | None:
+    """Why ``key=value`` cannot be set in a function's environment, or None if it can.
+
+    ``MN_`` variables belong to the platform (they tell the SDK where it runs).
+    """
+    if not isinstance(key, str) or not re.match(ENV_NAME_PATTERN, key):
+        return (
+            f"variable name {key!r} is not valid; use letters, digits and '_', not starting "
+            "with a digit, e.g. GREETING"
+        )
+    if key.upper().startswith("MN_"):
+        return f"variable {key!r} is reserved: names starting with MN_ belong to Multinode"
+    if not isinstance(value, str):
+        return f"the value of {key} must be a string, not {type(value).__name__}"
+    if "\x00" in value or len(value.encode()) > MAX_ENV_VALUE_BYTES:
+        return f"the value of {key} must be at most {MAX_ENV_VALUE_BYTES} bytes, without NUL"
+    return None
 
 
 class FunctionUpload(BaseModel):
@@ -65,6 +182,100 @@ class DeployRequest(BaseModel):
     ephemeral: bool = Field(False, description="made by `mn run`; removed when the run ends")
     schedules: list[ScheduleUpload] = Field(
         default_factory=list, description="schedules of this version, one per scheduled function"
+    )
+
+
+class BlobsMissingRequest(BaseModel):
+    hashes: list[str] = Field(max_length=1000, description="sha256 hex digests to look for")
+
+
+class BlobsMissingResponse(BaseModel):
+    missing: list[str] = Field(description="the hashes asked about that are not stored")
+
+
+class SecretSet(BaseModel):
+    """The whole content of a secret: its keys and their values (replaces what was there)."""
+
+    values: dict[str, str] = Field(min_length=1, max_length=MAX_SECRET_KEYS)
+
+
+class SecretInfo(BaseModel):
+    """A secret as listed: its name and keys; values are never sent back."""
+
+    name: str
+    keys: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+
+class FunctionEnvRequest(BaseModel):
+    """An agent asks for the variables of one function of its app's deployed version."""
+
+    function: str
+    version: int
+
+
+class EnvironmentRequest(BaseModel):
+    """Build (or reuse) the environment of these requirements for VMs of this Python."""
+
+    python: str = Field(pattern=PYTHON_MINOR_PATTERN, description="e.g. 3.11")
+    requirements: list[str] = Field(min_length=1, max_length=MAX_REQUIREMENTS)
+
+    @field_validator("requirements")
+    @classmethod
+    def _check_requirements(cls, requirements: list[str]) -> list[str]:
+        for requirement in requirements:
+            problem = requirement_problem(requirement)
+            if problem:
+                raise ValueError(problem)
+        return requirements
+
+
+class EnvironmentStatus(str, Enum):
+    pending = "pending"
+    building = "building"
+    ready = "ready"
+    failed = "failed"
+
+
+class EnvironmentInfo(BaseModel):
+    """An environment and its build. ``log`` holds the build's output from ``log_offset``."""
+
+    id: str = Field(description="sha256 of what identifies it: Python, platform, requirements")
+    python: str
+    platform: str
+    requirements: list[str]
+    status: EnvironmentStatus
+    builds: int = Field(description="how many times it was built (once, unless one failed)")
+    size: int | None = Field(None, description="bytes of the packed environment")
+    packages: list[str] = Field(
+        default_factory=list, description="the resolved pins it holds beyond the VM's own"
+    )
+    build_s: float | None = Field(None, description="how long the last build took")
+    error: str | None = None
+    log: str = ""
+    log_offset: int = 0
+    log_size: int = 0
+    created_at: datetime
+
+
+class EnvironmentRef(BaseModel):
+    """Where an agent downloads a built environment."""
+
+    id: str
+    url: str = Field(description="a presigned GET of the packed environment (tar.gz)")
+    sha256: str
+    size: int
+
+
+class FunctionEnv(BaseModel):
+    env: dict[str, str] = Field(description="the function's env, then its secrets' keys")
+    environment: EnvironmentRef | None = Field(
+        None, description="the packages it runs with, if it has requirements"
+    )
+    secret_keys: list[str] = Field(
+        default_factory=list,
+        description="the keys of env whose values came from secrets (masked in logs)",
     )
 
 

@@ -33,6 +33,7 @@ def make_job(
     env: dict[str, str] | None = None,
     kind: str = "function",
     progress_interval_s: float = 0.5,
+    environment: str | None = None,
     **kwargs: Any,
 ) -> Job:
     blob_hash, blob = blob_of(func)
@@ -48,6 +49,7 @@ def make_job(
         env=env or {},
         kind=kind,
         progress_interval_s=progress_interval_s,
+        environment=environment,
     )
 
 

@@ -141,3 +141,22 @@ async def async_count_to(n: int):  # type: ignore[no-untyped-def]
     for i in range(1, n + 1):
         await asyncio.sleep(0)
         yield i
+
+
+class ScrapeError(Exception):
+    """An exception whose __init__ takes other arguments than its message."""
+
+    def __init__(self, url: str, status: int) -> None:
+        super().__init__(f"{url} answered {status}")
+        self.url = url
+        self.status = status
+
+
+def scrape(url: str) -> None:
+    raise ScrapeError(url, 503)
+
+
+def read_env(*names: str) -> dict:
+    import os
+
+    return {name: os.environ.get(name) for name in names}

@@ -22,6 +22,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from multinode.wire import (
+    FunctionEnv,
+    FunctionEnvRequest,
     PollRequest,
     PollResponse,
     RegisterRequest,
@@ -49,6 +51,8 @@ class StubControlPlane:
         self.reject: set[str] = set()
         self.revoked = False
         self.failing_reports = 0  # answer this many reports with 503 first
+        self.envs: dict[tuple[str, int], dict[str, str]] = {}  # (function, version) -> env
+        self.env_requests: list[FunctionEnvRequest] = []
         self._answers: queue.Queue[PollResponse] = queue.Queue()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -121,6 +125,12 @@ class StubControlPlane:
                     except queue.Empty:
                         answer = PollResponse()
                     return self._reply(200, answer.model_dump_json().encode())
+                if self.path == "/v1/agent/function-env":
+                    request = FunctionEnvRequest.model_validate_json(body)
+                    with stub._lock:
+                        stub.env_requests.append(request)
+                    env = stub.envs.get((request.function, request.version), {})
+                    return self._reply(200, FunctionEnv(env=env).model_dump_json().encode())
                 if self.path == "/v1/agent/report" and stub.failing_reports > 0:
                     stub.failing_reports -= 1
                     return self._reply(503, b'{"code":"unreachable","message":"busy","details":{}}')

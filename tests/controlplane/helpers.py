@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import platform
 import threading
 from collections.abc import Sequence
 
@@ -98,7 +99,7 @@ def deploy(
     sha = upload(ctx, f"blob-of-{app}".encode())
     req = wire.DeployRequest(
         functions=[wire.FunctionUpload(name=n, spec=s, blob_hash=sha) for n, s in specs.items()],
-        python_version="3.11.7",
+        python_version=platform.python_version(),
         cloudpickle_version="3.1.2",
     )
     return deployments.deploy(ctx, principal, app, req)
@@ -164,7 +165,7 @@ def new_agent(
         ctx,
         wire.RegisterRequest(
             bootstrap_token=bootstrap,
-            python_version="3.11.7",
+            python_version=platform.python_version(),
             cloudpickle_version="3.1.2",
             hostname="vm",
             agent_version="test",

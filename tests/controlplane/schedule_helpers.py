@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import platform
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -50,7 +51,7 @@ def deploy(
             wire.FunctionUpload(name=n, spec=wire.FunctionSpec(cpu=0.5), blob_hash=sha)
             for n in functions
         ],
-        python_version="3.11.7",
+        python_version=platform.python_version(),
         cloudpickle_version="3.1.2",
         schedules=list(schedules),
     )

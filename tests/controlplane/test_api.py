@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import platform
 import threading
 import time
 from collections.abc import Iterator
@@ -76,7 +77,7 @@ def deploy_over_http(client: httpx.Client, app: str) -> None:
         f"/apps/{app}/deployments",
         json={
             "functions": [{"name": "f", "spec": {"cpu": 1}, "blob_hash": sha}],
-            "python_version": "3.11.7",
+            "python_version": platform.python_version(),
             "cloudpickle_version": "3.1.2",
         },
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 
 from multinode import wire
@@ -81,7 +83,7 @@ def test_unknown_app_lists_the_existing_ones(ctx: Context, user: Principal) -> N
 def test_deploy_refuses_blobs_never_uploaded(ctx: Context, user: Principal) -> None:
     req = wire.DeployRequest(
         functions=[wire.FunctionUpload(name="f", spec=wire.FunctionSpec(), blob_hash="0" * 64)],
-        python_version="3.11.7",
+        python_version=platform.python_version(),
         cloudpickle_version="3.1.2",
     )
     with pytest.raises(InvalidRequestError) as info:

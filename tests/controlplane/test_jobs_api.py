@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import platform
 from collections.abc import Iterator
 
 import httpx
@@ -30,7 +31,7 @@ def deploy_job(client: httpx.Client, app: str) -> None:
                 {"name": "process", "spec": {"kind": "job", "cpu": 1}, "blob_hash": sha},
                 {"name": "f", "spec": {"cpu": 1}, "blob_hash": sha},
             ],
-            "python_version": "3.11.7",
+            "python_version": platform.python_version(),
             "cloudpickle_version": "3.1.2",
         },
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 from sqlalchemy import select
 
@@ -41,7 +43,7 @@ def register(ctx: Context, compute: FakeCompute, cloud_id: str) -> Principal:
         ctx,
         wire.RegisterRequest(
             bootstrap_token=compute.user_data_token(cloud_id),
-            python_version="3.11.7",
+            python_version=platform.python_version(),
             cloudpickle_version="3.1.2",
             hostname="vm",
             agent_version="test",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import platform
 import signal
 import sys
 import time
@@ -59,7 +60,7 @@ def deploy(url: str) -> None:
         "/apps/race/deployments",
         json={
             "functions": [{"name": n, "spec": {"cpu": 0.1}, "blob_hash": sha} for n in names],
-            "python_version": "3.11.7",
+            "python_version": platform.python_version(),
             "cloudpickle_version": "3.1.2",
             "schedules": [
                 {

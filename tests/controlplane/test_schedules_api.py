@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import platform
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -40,7 +41,7 @@ def deploy(client: httpx.Client, app: str, *schedules: dict[str, Any]) -> httpx.
                 {"name": name, "spec": {"cpu": 0.25}, "blob_hash": sha}
                 for name in ("task", "crunch")
             ],
-            "python_version": "3.11.7",
+            "python_version": platform.python_version(),
             "cloudpickle_version": "3.1.2",
             "schedules": list(schedules),
         },

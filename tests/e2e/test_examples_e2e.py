@@ -61,6 +61,11 @@ def test_tweet_summaries_task_fills_the_dict_the_service_answers_from(
     local_cloud, app_name
 ) -> None:
     info = mn.deploy(EXAMPLES / "tweet_summaries" / "tweet_summaries.py", name=app_name)
+    # Its requirements.txt was built into the environment the service runs in.
+    env_id = {f.name: f.spec.environment for f in info.functions}["api"]
+    assert env_id is not None
+    packages = get_client().get_environment(env_id).packages
+    assert any(p.startswith("fastapi==") for p in packages), packages
     [url] = mn.get_service(app_name, "api").wait_ready(version=info.version, timeout=120)
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"{url}/tweet_summaries?subject=python", timeout=10)

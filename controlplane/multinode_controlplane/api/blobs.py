@@ -3,11 +3,20 @@ from __future__ import annotations
 import anyio
 from fastapi import APIRouter, Request, Response
 
+from multinode import wire
 from multinode_controlplane.api.deps import CtxDep, PrincipalDep
 from multinode_controlplane.services import blobs
 from multinode_controlplane.services.auth import require_key
 
 router = APIRouter(prefix="/blobs", tags=["blobs"])
+
+
+@router.post("/missing")
+def missing_blobs(
+    body: wire.BlobsMissingRequest, ctx: CtxDep, principal: PrincipalDep
+) -> wire.BlobsMissingResponse:
+    require_key(principal)
+    return wire.BlobsMissingResponse(missing=blobs.missing(ctx, body.hashes))
 
 
 @router.put("/{sha256}", status_code=201)

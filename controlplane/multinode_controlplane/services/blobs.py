@@ -1,4 +1,5 @@
-"""Content-addressed function blobs (opaque pickled bytes; never unpickled here)."""
+"""Content-addressed blobs: functions (pickled, or import references), source files and
+manifests. Opaque bytes; never unpickled here."""
 
 from __future__ import annotations
 
@@ -44,6 +45,18 @@ def has_blob(ctx: Context, sha256: str) -> bool:
             session.execute(select(m.blobs.c.size).where(m.blobs.c.sha256 == sha256)).first()
             is not None
         )
+
+
+def missing(ctx: Context, hashes: list[str]) -> list[str]:
+    """The hashes among ``hashes`` that are not stored, in the order given, once each."""
+    for sha256 in hashes:
+        _check_hash(sha256)
+    wanted = list(dict.fromkeys(hashes))
+    with ctx.db.read() as session:
+        present = set(
+            session.execute(select(m.blobs.c.sha256).where(m.blobs.c.sha256.in_(wanted))).scalars()
+        )
+    return [h for h in wanted if h not in present]
 
 
 def get_blob(ctx: Context, sha256: str) -> bytes:

@@ -19,6 +19,8 @@ class Context:
     clock: Clock
     # token hash -> (expiry, principal); see services.auth.authenticate
     auth_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
+    # services.secrets' cipher, made at first use
+    secret_box: Any = None
 
     @property
     def recheck_s(self) -> float | None:

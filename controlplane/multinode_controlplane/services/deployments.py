@@ -13,7 +13,7 @@ from multinode_controlplane import models as m
 from multinode_controlplane.clock import to_datetime
 from multinode_controlplane.db import Memo
 from multinode_controlplane.domain import states
-from multinode_controlplane.services import schedules
+from multinode_controlplane.services import environments, schedules, secrets
 from multinode_controlplane.services.auth import Principal, ensure_owner, resolve_app
 from multinode_controlplane.services.context import Context
 from multinode_controlplane.services.events import SERVICES, instance_key
@@ -36,7 +36,9 @@ def deploy(
 
     Raises:
         InvalidRequestError: a wire format this server does not know, no functions,
-            duplicate function names, or blobs that were never uploaded.
+            duplicate function names, blobs that were never uploaded, or a secret named
+            by a function that does not exist, a Python the VMs do not run, or an
+            environment that is not built.
     """
     if req.format != wire.WIRE_FORMAT:
         raise InvalidRequestError(
@@ -67,6 +69,8 @@ def deploy(
                 details={"missing_blobs": missing},
             )
         ensure_owner(session, principal.owner, now)
+        secrets.check_named(session, principal.owner, {f.name: f.spec for f in req.functions})
+        environments.check_deployable(ctx, session, req.functions, _minor(req.python_version))
         app = session.execute(
             select(m.AppRow).where(m.AppRow.owner == principal.owner, m.AppRow.name == app_name)
         ).scalar_one_or_none()
@@ -106,6 +110,10 @@ def deploy(
         info = _deployment_info(app, deployment, rows)
     ctx.notifier.notify([SERVICES])  # start the new version's services
     return info
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
 
 
 def get_app(ctx: Context, principal: Principal, app_name: str) -> wire.AppInfo:

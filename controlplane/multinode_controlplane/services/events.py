@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 
 PROVISIONER = "provisioner"
 SERVICES = "services"  # a deploy, an undeploy or a service replica's news
+BUILDER = "builder"  # an environment was requested
 
 
 def app_key(app_id: int) -> str:
