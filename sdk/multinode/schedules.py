@@ -136,7 +136,14 @@ def schedule(
 
 
 def min_interval() -> timedelta:
-    """The minimum spacing checked at decoration: ``MN_MIN_SCHEDULE_INTERVAL_S`` or 15 min."""
+    """The minimum spacing checked at decoration: ``MN_MIN_SCHEDULE_INTERVAL_S`` or 15 min.
+
+    Zero on a VM (``MN_INSTANCE_ID`` set): there the app's module is imported to run its
+    functions, and its schedules passed the control plane's own minimum at deploy, which
+    may differ from this process's default.
+    """
+    if os.environ.get("MN_INSTANCE_ID"):
+        return timedelta(0)
     raw = os.environ.get(MIN_INTERVAL_ENV)
     if not raw:
         return schedule_math.DEFAULT_MIN_INTERVAL

@@ -227,3 +227,23 @@ def test_capacity_freed_by_a_report_is_refilled_at_once(server: Server) -> None:
     running = [first[1]["attempt_id"], answer["assignments"][0]["attempt_id"]]
     again = agent.post("/agent/poll", json={"wait": 0, "running": running}).json()
     assert again["assignments"] == [] and again["cancel"] == []
+
+
+def test_bad_environments_secrets_and_blob_lists_get_structured_errors(server: Server) -> None:
+    client = server.client()
+    reply = client.post("/environments", json={"python": "3.11", "requirements": ["-r x.txt"]})
+    assert reply.status_code == 422 and "is an option" in reply.json()["message"]
+    assert client.get("/environments/" + "0" * 64).status_code == 404
+    reply = client.put("/secrets/bad name", json={"values": {"A": "1"}})
+    assert reply.status_code == 422 and reply.json()["code"] == "invalid"
+    assert client.delete("/secrets/nothing").status_code == 404
+    reply = client.post("/blobs/missing", json={"hashes": ["not-a-hash"]})
+    assert reply.status_code == 422
+    sha = hashlib.sha256(b"present").hexdigest()
+    client.put(f"/blobs/{sha}", content=b"present")
+    absent = hashlib.sha256(b"absent").hexdigest()
+    reply = client.post("/blobs/missing", json={"hashes": [sha, absent, absent]})
+    assert reply.json() == {"missing": [absent]}
+    deploy_over_http(client, "demo")
+    _, agent = server.agent("demo")
+    assert agent.get("/secrets").status_code == 403  # agents never list secrets

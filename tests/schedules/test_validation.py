@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+import multinode as mn
 from multinode.errors import InvalidRequestError
 from multinode.schedule_math import CronRule, IntervalRule, next_fires, rule_from_args, validate
 from tests.schedules.support import utc
@@ -216,3 +217,14 @@ def test_construction_checks_structure_but_not_the_minimum() -> None:
     assert CronRule("* * * * *").expression == "* * * * *"
     with pytest.raises(InvalidRequestError, match="never fires"):
         CronRule("0 0 30 2 *")
+
+
+def test_on_a_vm_the_app_module_imports_with_the_schedule_the_control_plane_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The control plane accepted a 4 s interval (its own minimum); the VM imports the app
+    # to run it without this process's default minimum of 15 minutes.
+    with pytest.raises(InvalidRequestError, match="interval"):
+        mn.scheduled_task(interval=timedelta(seconds=4))
+    monkeypatch.setenv("MN_INSTANCE_ID", "i-0123456789abcdef0")
+    mn.scheduled_task(interval=timedelta(seconds=4))
