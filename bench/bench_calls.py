@@ -112,7 +112,8 @@ def run_calls(home: Path, cp_pid: int, args: argparse.Namespace) -> dict:
     from multinode._deploy import deploy
 
     figures: dict = {}
-    app_file = home / "bench_app.py"
+    # A folder of its own: the app's folder is uploaded, and MN_HOME never is.
+    app_file = Path(tempfile.mkdtemp(prefix="mn-bench-app-")) / "bench_app.py"
     app_file.write_text(
         textwrap.dedent(APP_SOURCE.format(cpu=args.cpu, max_workers=args.max_workers))
     )

@@ -13,9 +13,12 @@ Deploys the tweet-summaries example (its requirements.txt: fastapi, uvicorn) and
   a per-node install (Ray's ``runtime_env``) costs every node;
 - the size of the packed environment.
 
+With ``--requirements``, a generated app with those requirements (one function that
+imports nothing) is measured instead, to see a heavier set such as pandas.
+
 Starts its own local clouds on free ports under temporary MN_HOMEs, and stops them.
 
-    .venv/bin/python bench/bench_environments.py [--json out.json]
+    .venv/bin/python bench/bench_environments.py [--requirements "pandas==2.2.3"] [--json out.json]
 """
 
 from __future__ import annotations
@@ -35,15 +38,32 @@ from _common import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "tweet_summaries" / "tweet_summaries.py"
+GENERATED = """
+import multinode as mn
+
+
+@mn.function(cpu=0.25)
+def touch():
+    return "ok"
+"""
 READY = re.compile(r"environment (\w+) ready in ([\d.]+)s \(([\d.]+) MiB downloaded in ([\d.]+)s")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--requirements", nargs="+", help="measure a generated app with these requirements"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="mn-bench-env-"))
+    app, function = EXAMPLE, "api"
+    if args.requirements:
+        app, function = work / "app" / "heavy.py", "touch"
+        app.parent.mkdir()
+        app.write_text(GENERATED)
+        (app.parent / "requirements.txt").write_text("\n".join(args.requirements) + "\n")
     # One build folder (uv's cache) shared by both clouds: the second one's build is warm.
     os.environ["MN_SERVER_BUILD_DIR"] = str(work / "builds")
     for key in ("MN_URL", "MN_API_KEY"):
@@ -52,32 +72,35 @@ def main() -> int:
 
     with _cloud(work / "home-cold") as (mn, client, home):
         started = time.monotonic()
-        info = mn.deploy(EXAMPLE, name="envbench")
+        info = mn.deploy(app, name="envbench")
         figures["deploy_cold_s"] = time.monotonic() - started
-        env_id = {f.name: f.spec.environment for f in info.functions}["api"]
+        env_id = {f.name: f.spec.environment for f in info.functions}[function]
         env = client.get_environment(env_id)
         figures["build_cold_s"] = env.build_s
         figures["packed_bytes"] = env.size
         figures["packages"] = env.packages
 
         started = time.monotonic()
-        mn.deploy(EXAMPLE, name="envbench")
+        mn.deploy(app, name="envbench")
         figures["deploy_reused_s"] = time.monotonic() - started
 
-        # The service's replica runs on a fresh VM, which downloads the environment.
-        mn.get_service("envbench", "api").wait_ready(timeout=180)
+        # A fresh VM downloads the environment: the service's replica, or the call's VM.
+        if args.requirements:
+            mn.get_function("envbench", function).call()
+        else:
+            mn.get_service("envbench", "api").wait_ready(timeout=180)
         figures["vm_ready"] = _vm_ready_figures(home, env_id)
         mn.undeploy("envbench")
 
     with _cloud(work / "home-warm") as (mn, client, _home):
         started = time.monotonic()
-        info = mn.deploy(EXAMPLE, name="envbench")
+        info = mn.deploy(app, name="envbench")
         figures["deploy_warm_s"] = time.monotonic() - started
-        env_id = {f.name: f.spec.environment for f in info.functions}["api"]
+        env_id = {f.name: f.spec.environment for f in info.functions}[function]
         figures["build_warm_s"] = client.get_environment(env_id).build_s
         mn.undeploy("envbench")
 
-    figures["per_vm_install_s"] = _install_on_the_vm(work)
+    figures["per_vm_install_s"] = _install_on_the_vm(work, app.parent / "requirements.txt")
     figures["machine"] = (
         f"{platform.node()} {os.cpu_count()} cpus, Python {platform.python_version()}, "
         f"load {os.getloadavg()[0]:.2f}"
@@ -152,7 +175,7 @@ def _vm_ready_figures(home: Path, env_id: str) -> dict:
     raise RuntimeError("no VM logged its environment as ready")
 
 
-def _install_on_the_vm(work: Path) -> float:
+def _install_on_the_vm(work: Path, requirements: Path) -> float:
     """The same build done the per-node way, on the VM: resolve the requirements against
     the VM's own packages and install what they lack, with uv and a cold cache."""
     from uv import find_uv_bin
@@ -167,13 +190,14 @@ def _install_on_the_vm(work: Path) -> float:
     uv = find_uv_bin()
     started = time.monotonic()
     subprocess.run(
-        [uv, "pip", "compile", "--quiet", str(EXAMPLE.parent / "requirements.txt"),
-         "--constraint", "base.txt", "--python-version", python, "--output-file", "lock.txt"],
+        [uv, "pip", "compile", "--quiet", str(requirements),
+         "--constraint", "base.txt", "--python-version", python, "--no-header", "--no-annotate",
+         "--output-file", "lock.txt"],
         check=True, env=env, cwd=folder,
     )  # fmt: skip
     base = {f"{n}=={v}" for n, v in base_pins().items()}
     lines = (folder / "lock.txt").read_text().splitlines()
-    extra = [p.strip() for p in lines if p.strip() and not p.startswith("#")]
+    extra = [p.strip() for p in lines if p.strip() and not p.strip().startswith("#")]
     extra = [p for p in extra if p not in base]
     subprocess.run(
         [uv, "pip", "install", "--quiet", "--no-deps", "--target", "site",

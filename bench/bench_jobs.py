@@ -78,7 +78,8 @@ def main() -> int:
         "machine": f"{platform.node()} {os.cpu_count()} cores, Python {platform.python_version()}",
     }
     try:
-        app_file = home / "bench_jobs_app.py"
+        # A folder of its own: the app's folder is uploaded, and MN_HOME never is.
+        app_file = Path(tempfile.mkdtemp(prefix="mn-bench-app-")) / "bench_jobs_app.py"
         app_file.write_text(textwrap.dedent(APP_SOURCE))
         deploy(app_file, name="bench-jobs")
         stepper, spin = mn.get_job("bench-jobs", "stepper"), mn.get_job("bench-jobs", "spin")

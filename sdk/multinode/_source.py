@@ -77,7 +77,19 @@ class SourceTree:
         return hashlib.sha256(self.manifest).hexdigest()
 
     def read(self, relative: str) -> bytes:
-        return (self.root / relative).read_bytes()
+        """The file's bytes, as they were hashed.
+
+        Raises:
+            InvalidRequestError: the file changed since (its upload would not match).
+        """
+        data = (self.root / relative).read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.files[relative]:
+            raise InvalidRequestError(
+                f"{self.root / relative} changed while it was being deployed; deploy again "
+                "(or list it in .mnignore if it changes all the time, like a log)",
+                details={"file": relative},
+            )
+        return data
 
 
 @dataclass(frozen=True)
@@ -112,10 +124,17 @@ def collect(
     """
     root = root.resolve()
     limit = max_bytes if max_bytes is not None else _max_bytes()
+    state = _state_dir()
+    if state is not None and (root == state or state in root.parents):
+        raise InvalidRequestError(
+            f"the app's folder {root} is inside MN_HOME ({state}), which holds the local "
+            "cloud's state and keys; move the app to a folder of its own",
+            details={"root": str(root), "home": str(state)},
+        )
     files: dict[str, str] = {}
     sizes: list[tuple[int, str]] = []
     total = 0
-    for path in _walk(root / package if package else root):
+    for path in _walk(root / package if package else root, skip=state):
         relative = path.relative_to(root).as_posix()
         data = path.read_bytes()
         files[relative] = hashlib.sha256(data).hexdigest()
@@ -260,7 +279,17 @@ def _package_root(path: Path, module_name: str) -> Path | None:
     return root if expected == path else None
 
 
-def _walk(root: Path) -> Iterator[Path]:
+def _state_dir() -> Path | None:
+    """``MN_HOME``: the local cloud's database, logs and keys are never shipped."""
+    from multinode.config import load_settings
+
+    try:
+        return Path(load_settings().home).expanduser().resolve()
+    except OSError:
+        return None
+
+
+def _walk(root: Path, *, skip: Path | None = None) -> Iterator[Path]:
     import pathspec
 
     specs: list[tuple[Path, pathspec.GitIgnoreSpec]] = []
@@ -284,6 +313,7 @@ def _walk(root: Path) -> Iterator[Path]:
             d
             for d in dirs
             if d not in _ALWAYS_SKIPPED_DIRS
+            and folder / d != skip
             and not d.endswith(".egg-info")
             and not (folder / d / "pyvenv.cfg").exists()
             and not ignored(folder / d, is_dir=True)

@@ -196,3 +196,22 @@ def test_a_requirements_line_the_build_cannot_use_is_refused_with_its_line(
 def test_bad_env_secrets_pip_or_python_fail_at_the_decorator(options: dict, says: str) -> None:
     with pytest.raises(InvalidRequestError, match=says):
         mn.function(**options)
+
+
+def test_mn_home_is_never_shipped_and_an_app_inside_it_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    write(tmp_path, {"app.py": "x = 1\n", "home/local/secrets.key": "k\n", "home/app2.py": ""})
+    monkeypatch.setenv("MN_HOME", str(home))
+    assert sorted(_source.collect(tmp_path).files) == ["app.py"]
+    with pytest.raises(InvalidRequestError, match="inside MN_HOME"):
+        _source.collect(home)
+
+
+def test_a_file_changed_after_hashing_is_not_uploaded_under_the_old_hash(tmp_path: Path) -> None:
+    write(tmp_path, {"app.py": "x = 1\n", "run.log": "one\n"})
+    tree = _source.collect(tmp_path)
+    write(tmp_path, {"run.log": "two\n"})
+    with pytest.raises(InvalidRequestError, match="changed while it was being deployed"):
+        tree.read("run.log")

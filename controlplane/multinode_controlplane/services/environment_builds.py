@@ -156,7 +156,9 @@ def _build(
         if code != 0:
             raise BuildFailed(f"installing the packages failed:\n{output.strip()}")
     packed = workdir / "environment.tar.gz"
-    with tarfile.open(packed, "w:gz", compresslevel=6) as tar:
+    # Level 1: a third of level 6's time for an eighth more bytes (pandas and numpy: 1.3 s
+    # and 32 MiB against 3.8 s and 28 MiB); unpacking takes as long either way.
+    with tarfile.open(packed, "w:gz", compresslevel=1) as tar:
         for path in sorted(site.rglob("*")):
             if "__pycache__" in path.parts:
                 continue
