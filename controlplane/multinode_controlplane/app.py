@@ -64,7 +64,9 @@ def create_app(
         db = database or Database(settings.database_url)
         try:
             db.create_tables()
-            ctx = Context(db=db, notifier=Notifier(), settings=settings, clock=clock)
+            ctx = Context(
+                db=db, notifier=Notifier(), settings=settings, clock=clock, started_at=clock()
+            )
             if settings.api_key:
                 auth.ensure_api_key(ctx, settings.api_key)
             app.state.ctx = ctx

@@ -13,6 +13,7 @@ errors (4xx/5xx with a body) are never retried here.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -46,6 +47,9 @@ _BY_STATUS: dict[int, type[MultinodeError]] = {
 }
 
 
+log = logging.getLogger("multinode")
+
+
 class Client:
     """Typed methods for every client endpoint of the control plane.
 
@@ -58,19 +62,26 @@ class Client:
         connection: Connection,
         *,
         connect_retry_s: float = 3.0,
+        outage_retry_s: float = 180.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         """Set up a keep-alive connection pool; no request is made yet.
 
         Args:
             connection: where the control plane is and the token to send.
-            connect_retry_s: how long transport failures are retried before giving up.
+            connect_retry_s: how long transport failures are retried before giving up,
+                while the control plane has not answered this client yet (nothing there).
+            outage_retry_s: the same once it has answered: a control plane that answered
+                and then stopped is restarting, so callers wait it out.
             transport: an httpx transport to use instead of the network (for tests).
         """
         import httpx
 
         self.connection = connection
         self._connect_retry_s = connect_retry_s
+        self._outage_retry_s = outage_retry_s
+        self._answered = False  # whether the control plane ever answered this client
+        self._waiting_said = False  # an outage is said once, not on every retry
         headers = {"User-Agent": "multinode-sdk"}
         if connection.api_key:
             headers["Authorization"] = f"Bearer {connection.api_key}"
@@ -307,10 +318,14 @@ class Client:
         retryable: tuple[type[BaseException], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
         if retry:
             retryable = (httpx.TransportError,)
+        limit = self._outage_retry_s if self._answered else self._connect_retry_s
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(retryable),
-            wait=tenacity.wait_random_exponential(multiplier=0.05, max=1.0),
-            stop=tenacity.stop_after_delay(self._connect_retry_s),
+            wait=tenacity.wait_random_exponential(
+                multiplier=0.05, max=2.0 if self._answered else 1.0
+            ),
+            stop=tenacity.stop_after_delay(limit),
+            before_sleep=self._say_waiting if self._answered else None,
             reraise=True,
         )
         try:
@@ -324,9 +339,24 @@ class Client:
                 f"{method} /v1{path} ({type(exc).__name__}: {exc or 'no detail'}); try again",
                 details={"url": self.connection.url, "source": self.connection.source},
             ) from None
+        if self._waiting_said:
+            log.warning("the control plane at %s answers again", self.connection.url)
+            self._waiting_said = False
+        self._answered = True
         if response.status_code >= 400 and response.status_code not in ok:
             raise _error_from_response(response, method=method, path=path)
         return response
+
+    def _say_waiting(self, state: Any) -> None:
+        if not self._waiting_said:
+            self._waiting_said = True
+            log.warning(
+                "the control plane at %s does not answer (%s); waiting up to %gs for it "
+                "(MN_OUTAGE_RETRY_S)",
+                self.connection.url,
+                state.outcome.exception() if state.outcome is not None else "no answer",
+                self._outage_retry_s,
+            )
 
 
 _lock = threading.Lock()
@@ -351,7 +381,11 @@ def get_client() -> Client:
     with _lock:
         client = _clients.get(key)
         if client is None:
-            client = Client(connection, connect_retry_s=settings.connect_retry_s)
+            client = Client(
+                connection,
+                connect_retry_s=settings.connect_retry_s,
+                outage_retry_s=settings.outage_retry_s,
+            )
             _clients[key] = client
         return client
 

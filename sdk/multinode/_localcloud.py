@@ -118,6 +118,13 @@ def up(config: LocalCloudConfig | None = None, *, echo=print) -> dict:
         if state and all(s.running for s in _statuses(state)):
             echo(f"local cloud already up: control plane {state['url']}")
             return state
+        down_now = [s.name for s in _statuses(state) if not s.running] if state else []
+        if state and down_now == ["controlplane"] and "controlplane_env" in state:
+            # Only the control plane died: start it again on the same port, database and
+            # key. Its VMs keep running and its calls carry on where they were.
+            _start_controlplane(state, Path(state["logs"]), echo=echo)
+            _write_state(config, state)
+            return state
         if state:
             _stop_all(state, echo=echo)  # a half-dead previous run: clear it first
         return _start(config, echo=echo)
@@ -214,10 +221,8 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
             ),
             **config.server_env,
         }
-        log = logs / "controlplane.log"
-        pid = _record(state, "controlplane", ["-m", "multinode_controlplane"], server_env, log)
-        wait_healthy("controlplane", pid, f"{url}/v1/health", log, timeout=_START_TIMEOUT_S)
-        echo(f"control plane: {url} ({db.split(':', 1)[0]})")
+        state["controlplane_env"] = server_env
+        _start_controlplane(state, logs, echo=echo)
 
         runner_env = {
             **aws_env,
@@ -259,6 +264,15 @@ def _dynamodb_beside_localstack(config: LocalCloudConfig, state: dict, *, echo) 
         " DynamoDB; set AWS_ENDPOINT_URL_DYNAMODB to use another)"
     )
     return endpoint
+
+
+def _start_controlplane(state: dict, logs: Path, *, echo) -> None:
+    """The control plane, with the environment recorded in ``state``, once it is healthy."""
+    env = state["controlplane_env"]
+    log = logs / "controlplane.log"
+    pid = _record(state, "controlplane", ["-m", "multinode_controlplane"], env, log)
+    wait_healthy("controlplane", pid, f"{state['url']}/v1/health", log, timeout=_START_TIMEOUT_S)
+    echo(f"control plane: {state['url']} ({env['MN_SERVER_DATABASE_URL'].split(':', 1)[0]})")
 
 
 def _start_emulator(state: dict, name: str, port: int, log: Path) -> None:

@@ -180,13 +180,14 @@ def locate(func: Callable[..., Any], *, roots: dict[str, tuple[Path, str]]) -> L
         return None
     from multinode._serialization import is_user_module
 
-    if module_name != "__main__" and not is_user_module(module):
-        return None  # installed code is pickled by reference anyway
+    # A script run as __main__ often does its work at import (deploys, calls): importing it
+    # on a VM would do that work again, so its functions travel by value. Installed code
+    # is pickled by reference anyway.
+    if module_name == "__main__" or not is_user_module(module):
+        return None
     path = Path(file).resolve()
     if module_name in roots:
         root, vm_name = roots[module_name]
-    elif module_name == "__main__":
-        root, vm_name = path.parent, path.stem
     else:
         root, vm_name = _package_root(path, module_name or ""), module_name or ""
     if root is None or not _resolves_to(module, qualname, func):

@@ -41,7 +41,16 @@ class Settings(BaseSettings):
     version: int | None = Field(None, description="the app version running here (set inside VMs)")
     call_id: str | None = Field(None, description="the call running here; sent as parent_call_id")
     connect_retry_s: float = Field(
-        3.0, ge=0, description="how long to keep retrying a refused connection before failing"
+        3.0,
+        ge=0,
+        description="how long to keep retrying a refused connection to a control plane that "
+        "has not answered yet (none running there) before failing",
+    )
+    outage_retry_s: float = Field(
+        180.0,
+        ge=0,
+        description="how long to wait out a control plane that answered before and then "
+        "stopped answering (a restart), retrying with backoff, before failing",
     )
 
     @property

@@ -214,3 +214,34 @@ def test_against_real_ec2_api(ctx: Context, user: Principal, aws_endpoint: str) 
     assert compute.list_instances() == [] or all(
         c.state in ("shutting-down", "terminated") for c in compute.list_instances()
     )
+
+
+def test_max_workers_counts_instances_running_the_function_whatever_they_were_for(
+    ctx: Context, user: Principal
+) -> None:
+    deploy(ctx, user, f=wire.FunctionSpec(cpu=1, max_workers=1), g=wire.FunctionSpec(cpu=1))
+    compute = FakeCompute()
+    provisioner = Provisioner(ctx, compute, CATALOG)
+    submit(ctx, user, 1, function="g")
+    provisioner.run_once(reconcile=False)
+    assert len(compute.launches) == 1
+    agent = register(ctx, compute, next(iter(compute.instances)))
+    submit(ctx, user, 1, function="f")
+    # f runs on g's instance (its slot is free): that instance now serves f...
+    taken = agents.poll_once(ctx, agent.instance_id, []).assignments
+    assert sorted(a.function for a in taken) == ["f", "g"]
+    submit(ctx, user, 5, function="f")
+    provisioner.run_once(reconcile=False)
+    assert len(compute.launches) == 1  # ...so f's max_workers=1 allows no launch for it
+
+
+def test_a_plan_counts_the_room_left_on_the_instances_it_launches(
+    ctx: Context, user: Principal
+) -> None:
+    deploy(ctx, user, f=wire.FunctionSpec(cpu=1), g=wire.FunctionSpec(cpu=1))
+    submit(ctx, user, 1, function="f")
+    submit(ctx, user, 1, function="g")
+    compute = FakeCompute()
+    Provisioner(ctx, compute, CATALOG).run_once(reconcile=False)
+    # One small.2 has two slots: one for f's call, one for g's.
+    assert [r.instance_type for r in compute.launches] == ["small.2"]

@@ -76,3 +76,37 @@ def test_an_attempt_far_past_its_timeout_times_out(
     assert Reaper(ctx, None).run_once().overdue_attempts == 1
     assert call_row(ctx, call_id).status == "timed_out"
     assert agents.poll_once(ctx, agent.instance_id, [a.attempt_id]).cancel == [a.attempt_id]
+
+
+def test_after_a_restart_no_instance_is_lost_before_the_grace_from_the_restart(
+    ctx: Context, user: Principal, clock: ManualClock
+) -> None:
+    deploy(ctx, user, f=wire.FunctionSpec(retries=0))
+    [call_id] = submit(ctx, user, 1)
+    agent = add_instance(ctx, user)
+    [a] = agents.poll_once(ctx, agent.instance_id, []).assignments
+    clock.advance(45)  # the control plane was down: no heartbeat for 45 s
+    ctx.started_at = clock()  # it starts serving again
+    assert Reaper(ctx, None).run_once().lost_cloud_ids == []
+    clock.advance(ctx.settings.agent_lost_after_s - 1)
+    Reaper(ctx, None).run_once()
+    assert call_row(ctx, call_id).status == "running"  # not requeued: it is still running
+    agents.poll_once(ctx, agent.instance_id, [a.attempt_id])  # the agent is back
+    assert agents.report(ctx, agent, wire.ReportRequest(results=[result(a)])).rejected == []
+    assert call_row(ctx, call_id).status == "succeeded"
+    assert call_row(ctx, call_id).infra_failures == 0
+
+
+def test_after_a_restart_an_agent_that_never_comes_back_is_lost_after_the_grace(
+    ctx: Context, user: Principal, clock: ManualClock
+) -> None:
+    deploy(ctx, user, f=wire.FunctionSpec(retries=0))
+    [call_id] = submit(ctx, user, 1)
+    agent = add_instance(ctx, user)
+    agents.poll_once(ctx, agent.instance_id, [])
+    clock.advance(45)
+    ctx.started_at = clock()
+    clock.advance(ctx.settings.agent_lost_after_s + 1)
+    Reaper(ctx, None).run_once()
+    assert call_row(ctx, call_id).status == "queued"  # requeued, without spending retries
+    assert call_row(ctx, call_id).user_failures == 0

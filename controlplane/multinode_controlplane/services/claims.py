@@ -16,13 +16,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 
 from multinode import wire
 from multinode_controlplane import models as m
 from multinode_controlplane.db import Memo
 from multinode_controlplane.domain import states
 from multinode_controlplane.domain.capacity import Resources, pack
+from multinode_controlplane.services.instances import ACTIVE
 
 _CANDIDATES = 1000  # queued rows examined per claim: bounds the work of one poll
 _PAGE = 32  # rows of a claim's first page when nothing is known of the queue's calls
@@ -67,6 +68,7 @@ def _candidates(*, dedicated: bool, skip_locked: bool):  # type: ignore[no-untyp
             _c.status == states.QUEUED,
             *pool,
             _c.cpu * 1000 <= bindparam("_cpu_m"),  # millicores, rounded as pack() rounds
+            func.coalesce(_c.memory_mib, 0) <= bindparam("_memory_mib"),
             _c.gpu_count <= bindparam("_gpus"),
         )
         .order_by(_c.created_at, _c.id)
@@ -88,6 +90,33 @@ _FUNCTIONS = (
     select(_f.id, _f.blob_hash, _f.spec, _d.python_version, _d.cloudpickle_version)
     .join(m.deployments, _d.id == _f.deployment_id)
     .where(_f.id.in_(bindparam("_ids", expanding=True)))
+)
+_i = m.instances.c
+# Instances of the app other than this one that serve a function: launched for it, or
+# running one of its calls. ``max_workers`` caps them.
+_SERVING = select(func.count(func.distinct(_i.id))).where(
+    _i.app_id == bindparam("_app"),
+    _i.state.in_(ACTIVE),
+    _i.id != bindparam("_instance"),
+    or_(
+        _i.launched_for == bindparam("_function"),
+        _i.id.in_(
+            select(_c.instance_id).where(
+                _c.app_id == bindparam("_app"),
+                _c.status == states.RUNNING,
+                _c.function == bindparam("_function"),
+            )
+        ),
+    ),
+)
+_RUNS_HERE = (
+    select(_c.id)
+    .where(
+        _c.instance_id == bindparam("_instance"),
+        _c.status == states.RUNNING,
+        _c.function == bindparam("_function"),
+    )
+    .limit(1)
 )
 _INSERT_ATTEMPTS = insert(m.attempts)
 _START_CALLS = (
@@ -111,6 +140,7 @@ class _Function:
     python_version: str
     cloudpickle_version: str
     port: int | None
+    max_workers: int
 
 
 def free_capacity(session, instance_id: str, vcpus: float, memory_mib: int, gpus: int) -> Resources:  # type: ignore[no-untyped-def]
@@ -145,17 +175,23 @@ def claim(
     free = free_capacity(
         session, instance.id, instance.vcpus, instance.memory_mib, instance.gpu_count
     )
+    whole = Resources.of(instance.vcpus, instance.memory_mib, instance.gpu_count)
+    # What one call may need: what is free now. Prefetching adds room for more calls to
+    # wait for a slot, never room for a larger call: each still fits the instance's
+    # size, so a call lands only where it can run (a 16-vCPU call never on a 2-vCPU box).
+    one = Resources(min(free.cpu_m, whole.cpu_m), min(free.memory_mib, whole.memory_mib), free.gpus)
     if prefetch > 0 and not instance.dedicated:
-        whole = Resources.of(instance.vcpus, instance.memory_mib, instance.gpu_count)
         free = free + Resources(
             whole.cpu_m * prefetch, whole.memory_mib * prefetch, whole.gpus * prefetch
         )
+        one = whole
     if free.cpu_m <= 0:
         return []
     params: dict[str, Any] = {
         "_app": instance.app_id,
-        "_cpu_m": free.cpu_m + 0.5,
-        "_gpus": free.gpus,
+        "_cpu_m": one.cpu_m + 0.5,
+        "_memory_mib": one.memory_mib,
+        "_gpus": one.gpus,
     }
     if instance.dedicated:
         if free != Resources.of(instance.vcpus, instance.memory_mib, instance.gpu_count):
@@ -173,8 +209,11 @@ def claim(
     )
     if not chosen:
         return []
-    inputs = dict(session.execute(_INPUTS, {"_ids": [row.id for row in chosen]}).all())
     functions = _functions(session, {row.function_id for row in chosen}, memo)
+    chosen = _within_max_workers(session, chosen, functions, instance)
+    if not chosen:
+        return []
+    inputs = dict(session.execute(_INPUTS, {"_ids": [row.id for row in chosen]}).all())
     attempt_rows, call_updates, assignments = [], [], []
     for row in chosen:
         call_id = row.id
@@ -270,6 +309,32 @@ def _choose(
     return chosen
 
 
+def _within_max_workers(
+    session, chosen: list[Any], functions: dict[int, _Function], instance: m.InstanceRow
+) -> list[Any]:  # type: ignore[no-untyped-def]
+    """``chosen`` less the calls of functions this instance may not serve: a function's
+    ``max_workers`` caps the instances serving it (launched for it, or running one of its
+    calls), so an instance launched for another function takes its calls only while that
+    leaves the cap unpassed. Calls of the function the instance was launched for, and of
+    one it already runs, are always its to take."""
+    allowed: dict[str, bool] = {}
+    kept = []
+    for row in chosen:
+        name = row.function
+        if name not in allowed:
+            params = {"_app": instance.app_id, "_instance": instance.id, "_function": name}
+            allowed[name] = (
+                name == instance.launched_for
+                or row.kind == "service"
+                or session.execute(_RUNS_HERE, params).first() is not None
+                or session.execute(_SERVING, params).scalar()
+                < functions[row.function_id].max_workers
+            )
+        if allowed[name]:
+            kept.append(row)
+    return kept
+
+
 def _functions(session, function_ids: set[int], memo: Memo | None) -> dict[int, _Function]:  # type: ignore[no-untyped-def]
     """Blob, interpreter versions and port of each function, from ``memo`` when known."""
     found: dict[int, _Function] = {}
@@ -282,11 +347,13 @@ def _functions(session, function_ids: set[int], memo: Memo | None) -> dict[int, 
             found[function_id] = known
     if missing:
         for row in session.execute(_FUNCTIONS, {"_ids": missing}):
+            spec = wire.FunctionSpec.model_validate_json(row.spec)
             function = _Function(
                 blob_hash=row.blob_hash,
                 python_version=row.python_version,
                 cloudpickle_version=row.cloudpickle_version,
-                port=wire.FunctionSpec.model_validate_json(row.spec).port,
+                port=spec.port,
+                max_workers=spec.max_workers,
             )
             found[row.id] = function
             if memo is not None:

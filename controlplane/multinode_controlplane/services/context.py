@@ -21,6 +21,9 @@ class Context:
     auth_cache: dict[str, tuple[float, Any]] = field(default_factory=dict)
     # services.secrets' cipher, made at first use
     secret_box: Any = None
+    # When this control plane started serving: an instance is lost only after missing
+    # heartbeats for agent_lost_after_s counted from here too (see instances.reap_lost).
+    started_at: float = 0.0
 
     @property
     def recheck_s(self) -> float | None:

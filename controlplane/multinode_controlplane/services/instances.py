@@ -168,8 +168,15 @@ def end_instances(
 
 def reap_lost(ctx: Context, now: float) -> list[str]:
     """Fail ready instances whose agent stopped heart-beating and lose their attempts
-    (requeued without spending user retries). Returns their cloud ids, to terminate."""
+    (requeued without spending user retries). Returns their cloud ids, to terminate.
+
+    The grace is counted from the last heartbeat *and* from when this control plane
+    started serving: after a restart, agents that polled a dead server have had no chance
+    to heartbeat, and declaring them lost would run their calls a second time.
+    """
     cutoff = now - ctx.settings.agent_lost_after_s
+    if ctx.started_at > cutoff:
+        return []
     i = m.instances.c
     with ctx.db.write() as session:
         rows = session.execute(

@@ -16,6 +16,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, case, func, select, update
 
@@ -151,6 +152,13 @@ def plan(
                 i.id, i.app_id, i.vcpus, i.memory_mib, i.gpu_count, i.launched_for, i.dedicated
             ).where(i.app_id.in_(app_ids), i.state.in_(ACTIVE))
         ).all()
+        # Instances running each function's calls: they serve it, whatever they were
+        # launched for, and count against its max_workers.
+        serving = session.execute(
+            select(c.app_id, c.function, c.instance_id)
+            .where(c.status == states.RUNNING, c.app_id.in_(app_ids))
+            .distinct()
+        ).all()
         used = {
             row.instance_id: capacity.Resources.of(row.cpu, int(row.mem), int(row.gpus))
             for row in session.execute(
@@ -166,9 +174,13 @@ def plan(
         }
     free: dict[int, list[capacity.Resources]] = defaultdict(list)
     idle_dedicated: dict[tuple[int, str], int] = defaultdict(int)
-    workers: dict[tuple[int, str], int] = defaultdict(int)
+    servers: dict[tuple[int, str], set[str]] = defaultdict(set)
+    active_ids = {row.id for row in active}
+    for row in serving:
+        if row.instance_id in active_ids:
+            servers[(row.app_id, row.function)].add(row.instance_id)
     for row in active:
-        workers[(row.app_id, row.launched_for)] += 1
+        servers[(row.app_id, row.launched_for)].add(row.id)
         if row.dedicated:
             # A service's instance takes one replica of it, and only when it runs nothing.
             if row.id not in used:
@@ -176,6 +188,8 @@ def plan(
             continue
         total = capacity.Resources.of(row.vcpus, row.memory_mib, row.gpu_count)
         free[row.app_id].append(total - used.get(row.id, capacity.ZERO))
+    workers: dict[tuple[int, str], int] = defaultdict(int)
+    workers.update((key, len(ids)) for key, ids in servers.items())
     plans: list[LaunchPlan] = []
     for row in demand:
         try:
@@ -187,7 +201,27 @@ def plan(
             continue
         if launch_plan is not None and (launch_plan.app_id, launch_plan.function) not in blocked:
             plans.append(launch_plan)
+            if not launch_plan.dedicated:
+                # What the planned instances have left over serves the next functions'
+                # demand: the plan never launches capacity it already covers.
+                free[launch_plan.app_id] += _leftover(launch_plan, fns[row.function_id])
     return plans
+
+
+def _leftover(launch_plan: LaunchPlan, fn: Any) -> list[capacity.Resources]:
+    """Free capacity of the instances ``launch_plan`` will launch (of its first offer),
+    once they run the calls they are launched for."""
+    spec = wire.FunctionSpec.model_validate_json(fn.spec)
+    need = capacity.Resources.of(spec.cpu, spec.memory_mib, spec.gpu_count)
+    offer = launch_plan.offers[0]
+    kind = offer.instance_type
+    whole = capacity.Resources.of(kind.vcpus, kind.memory_mib, kind.gpu_count)
+    left, out = launch_plan.uncovered, []
+    for _ in range(launch_plan.wanted(offer)):
+        n = min(left, offer.slots)
+        left -= n
+        out.append(whole - capacity.Resources(need.cpu_m * n, need.memory_mib * n, need.gpus * n))
+    return out
 
 
 def _plan_one(ctx, catalog, row, fn, names, free, idle_dedicated, workers) -> LaunchPlan | None:  # type: ignore[no-untyped-def]
