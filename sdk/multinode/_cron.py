@@ -103,6 +103,9 @@ def cron_error(expression: str, problem: str, fix: str, *, reason: str) -> Inval
     )
 
 
+MAX_EXPRESSION_LENGTH = 200
+
+
 @functools.lru_cache(maxsize=4096)
 def parse_cron(expression: str) -> CronSpec:
     """Parse a cron expression, raising :class:`InvalidRequestError` if it is malformed.
@@ -110,6 +113,13 @@ def parse_cron(expression: str) -> CronSpec:
     Does not check that the expression ever fires (see :func:`first_matching_day`).
     """
     text = expression.strip()
+    if len(text) > MAX_EXPRESSION_LENGTH:
+        raise cron_error(
+            expression[:40] + "...",
+            f"it is longer than {MAX_EXPRESSION_LENGTH} characters",
+            "Write five short fields, e.g. '0 23 * * 1-5'.",
+            reason="malformed_cron",
+        )
     if re.match(r"^(CRON_TZ|TZ)\s*=", text, flags=re.IGNORECASE):
         raise cron_error(
             expression,

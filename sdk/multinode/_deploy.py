@@ -28,7 +28,7 @@ from multinode.errors import EnvironmentBuildError, InvalidRequestError
 from multinode.functions import Function, registered_functions
 from multinode.schedules import collect_schedules
 
-_APP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_APP_NAME_RE = re.compile(wire.APP_NAME_PATTERN)
 # Module name given by load_app -> (the app's folder, the module's name on a VM).
 _APP_ROOTS: dict[str, tuple[Path, str]] = {}
 
@@ -280,8 +280,7 @@ def validate_app_name(name: str) -> None:
     """Raise InvalidRequestError unless ``name`` is a usable app name."""
     if not isinstance(name, str) or not _APP_NAME_RE.match(name):
         raise InvalidRequestError(
-            f"app name {name!r} is not valid; use letters, digits, '-', '_' or '.', starting "
-            "with a letter or digit, at most 63 characters, e.g. --name my-app"
+            f"app name {name!r} is not valid; {wire.APP_NAME_RULE}, e.g. --name my-app"
         )
 
 

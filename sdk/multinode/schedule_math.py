@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -143,13 +144,19 @@ class IntervalRule:
         _check_stored(data, cls.kind)
         try:
             wall = datetime.fromisoformat(data["reference_time"])
-            interval = timedelta(seconds=data["interval_seconds"])
-            fold, zone_name = int(data.get("fold", 0)), str(data["timezone"])
-        except (KeyError, TypeError, ValueError) as exc:
+            seconds = data["interval_seconds"]
+            if isinstance(seconds, bool) or not math.isfinite(seconds):
+                raise ValueError(f"interval_seconds must be a finite number, not {seconds!r}")
+            interval = timedelta(seconds=seconds)
+            fold, zone_name = data.get("fold", 0), str(data["timezone"])
+            if fold not in (0, 1) or isinstance(fold, bool):
+                raise ValueError(f"fold must be 0 or 1, not {fold!r}")
+            wall = wall.replace(tzinfo=_cron.stored_zone(zone_name), fold=fold)
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise _invalid(
                 f"Stored schedule is malformed: {exc!r}.", field="schedule", reason="malformed_json"
             ) from exc
-        return cls(wall.replace(tzinfo=_cron.stored_zone(zone_name), fold=fold), interval)
+        return cls(wall, interval)
 
     def __eq__(self, other: object) -> bool:
         # datetime equality ignores the zone, which matters here (it decides the wall clock).

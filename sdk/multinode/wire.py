@@ -117,6 +117,10 @@ class FunctionSpec(BaseModel):
         return names
 
 
+APP_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+APP_NAME_RULE = (
+    "use letters, digits, '-', '_' or '.', starting with a letter or digit, at most 63 characters"
+)
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 SECRET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 SECRET_NAME_RULE = (

@@ -8,11 +8,14 @@ import platform
 import threading
 import time
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import update
 
+from multinode_controlplane import models as m
 from multinode_controlplane.app import create_app
 from multinode_controlplane.services.auth import Principal
 from multinode_controlplane.settings import ServerSettings
@@ -247,3 +250,53 @@ def test_bad_environments_secrets_and_blob_lists_get_structured_errors(server: S
     deploy_over_http(client, "demo")
     _, agent = server.agent("demo")
     assert agent.get("/secrets").status_code == 403  # agents never list secrets
+
+
+def test_an_unexpected_error_answers_500_and_keeps_the_connection(database_url: str) -> None:
+    server = Server(database_url)
+
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    server.app.add_api_route("/v1/broken", broken)
+    with server:
+        client = server.client()
+        reply = client.get("/broken")
+        assert reply.status_code == 500 and reply.json()["code"] == "internal"
+        assert client.get("/apps").status_code == 200
+        assert client.get("/broken").status_code == 500  # and again, on the same connection
+
+
+@pytest.mark.parametrize("name", ["team#prod", "a" * 64, "-lead", "sp ace", "ünï"])
+def test_the_server_enforces_the_app_naming_rule(server: Server, name: str) -> None:
+    client = server.client()
+    blob = b"pickled"
+    sha = hashlib.sha256(blob).hexdigest()
+    client.put(f"/blobs/{sha}", content=blob)
+    reply = client.post(
+        f"/apps/{quote(name, safe='')}/deployments",
+        json={
+            "functions": [{"name": "f", "spec": {}, "blob_hash": sha}],
+            "python_version": platform.python_version(),
+            "cloudpickle_version": "3.1.2",
+        },
+    )
+    assert reply.status_code == 422 and "letters, digits" in reply.json()["message"]
+    assert client.get("/apps").json() == []
+
+
+@pytest.mark.parametrize("state", ["terminating", "terminated", "failed"])
+def test_an_agent_token_dies_with_its_instance(server: Server, state: str) -> None:
+    client = server.client()
+    deploy_over_http(client, "demo")
+    principal, agent = server.agent("demo")
+    assert agent.get("/apps/demo/functions/f").status_code == 200
+    with server.app.state.ctx.db.write() as session:
+        session.execute(
+            update(m.instances).where(m.instances.c.id == principal.instance_id).values(state=state)
+        )
+    server.app.state.ctx.auth_cache.clear()  # what 5 s of cache would otherwise keep
+    assert agent.get("/apps/demo/functions/f").status_code == 401
+    reply = agent.post("/calls", json={"app": "demo", "function": "f", "inputs": ["aQ=="]})
+    assert reply.status_code == 401
+    assert agent.post("/apps/demo/dict-credentials").status_code == 401

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import platform
 import time
 from collections.abc import Iterator
@@ -136,3 +137,39 @@ def _ts(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {**interval_rule(3600), "interval_seconds": float("inf")},
+        {**interval_rule(3600), "interval_seconds": float("nan")},
+        {**interval_rule(3600), "interval_seconds": 1e300},
+        {**interval_rule(3600), "fold": 7},
+        {**interval_rule(3600), "reference_time": "not a time"},
+        {**cron_rule("0 * * * *"), "expression": "0 */" + "9" * 5000 + " * * *"},
+        {**cron_rule("0 * * * *"), "timezone": ["UTC"]},
+    ],
+)
+def test_crafted_rules_answer_422_and_the_connection_serves_the_next_request(
+    server: Server, rule: dict[str, Any]
+) -> None:
+    client = server.client()
+    blob = b"pickled function of demo"
+    sha = hashlib.sha256(blob).hexdigest()
+    client.put(f"/blobs/{sha}", content=blob)
+    body = {
+        "functions": [{"name": "task", "spec": {"cpu": 0.25}, "blob_hash": sha}],
+        "python_version": platform.python_version(),
+        "cloudpickle_version": "3.1.2",
+        "schedules": [entry(rule)],
+    }
+    # Infinity and NaN as Python's JSON writes them: what a crafted client can send.
+    reply = client.post(
+        "/apps/demo/deployments",
+        content=json.dumps(body, allow_nan=True),
+        headers={"Content-Type": "application/json"},
+    )
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["code"] == "invalid"
+    assert client.get("/apps").status_code == 200  # the same keep-alive connection

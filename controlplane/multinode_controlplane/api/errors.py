@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from multinode.errors import MultinodeError
 
@@ -50,10 +51,36 @@ def install(app: FastAPI) -> None:
             {"code": code, "message": str(exc.detail), "details": {}}, status_code=exc.status_code
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return JSONResponse(
-            {"code": "internal", "message": f"internal error: {type(exc).__name__}", "details": {}},
-            status_code=500,
-        )
+    app.add_middleware(_AnswerUnexpected)
+
+
+class _AnswerUnexpected:
+    """Answers an unexpected exception with a 500 error body and keeps the connection.
+
+    Starlette's own last-resort handler answers too, but then re-raises, and the server
+    closes the connection: a client's next request on it would fail. This middleware sits
+    inside that handler and does not re-raise.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started:
+                raise  # too late to answer: the response is half sent
+            log.exception("unhandled error", exc_info=exc)
+            body = {"code": "internal", "message": f"internal error: {type(exc).__name__}"}
+            await JSONResponse({**body, "details": {}}, status_code=500)(scope, receive, send)

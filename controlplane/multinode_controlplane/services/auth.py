@@ -30,7 +30,12 @@ _KEY_OWNER = select(m.api_keys.c.owner).where(
 _AGENT = (
     select(m.instances.c.id, m.instances.c.app_id, _apps.owner)
     .join(m.apps, _apps.id == m.instances.c.app_id)
-    .where(m.instances.c.agent_token_hash == bindparam("_hash"))
+    .where(
+        m.instances.c.agent_token_hash == bindparam("_hash"),
+        # An agent's token dies with its instance: once the instance is ending or ended,
+        # nothing signed with it is accepted (its agent powers off on the 401).
+        m.instances.c.state.not_in(("terminating", "terminated", "failed")),
+    )
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,12 @@ def deploy(
             by a function that does not exist, a Python the VMs do not run, or an
             environment that is not built.
     """
+    if not re.match(wire.APP_NAME_PATTERN, app_name):
+        # Dict keys are "<app>#<dict>#...": a name holding '#' could reach another app's.
+        raise InvalidRequestError(
+            f"app name {app_name[:80]!r} is not valid; {wire.APP_NAME_RULE}",
+            details={"field": "app", "rule": wire.APP_NAME_PATTERN},
+        )
     if req.format != wire.WIRE_FORMAT:
         raise InvalidRequestError(
             f"wire format {req.format} is not supported (this server speaks {wire.WIRE_FORMAT}); "

@@ -91,6 +91,11 @@ def parse_rule(
             f"schedule of {function!r}: {exc.message}",
             details={**exc.details, "function": function},
         ) from None
+    except Exception as exc:  # crafted input the parser did not foresee: still the caller's
+        raise InvalidRequestError(
+            f"schedule of {function!r}: the rule is malformed ({type(exc).__name__})",
+            details={"function": function, "field": "rule", "reason": "malformed_json"},
+        ) from None
 
 
 def sync(
