@@ -472,6 +472,7 @@ class Agent:
             output=outcome.output,
             error=outcome.error,
             reason=outcome.reason,
+            final=outcome.final,
         )
         if self._reporter is not None:
             self._reporter.add_result(result)

@@ -204,7 +204,8 @@ def run_job(
         use_environment(job["environment"])
     mismatch = version_mismatch(job["python_version"], job["cloudpickle_version"])
     if mismatch:
-        return _failed(mismatch, cached=job["blob_hash"] in functions)
+        # Another attempt on a VM like this one would fail the same way: final.
+        return {**_failed(mismatch, cached=job["blob_hash"] in functions), "final": True}
     func = functions.get(job["blob_hash"])
     if func is None:
         if job["blob"] is None:
@@ -221,9 +222,10 @@ def run_job(
                 unloadable[job["blob_hash"]] = failure
             return failure
         except Exception as exc:
-            failure = _failed(
-                _unpickle_message(f"function {job['function']}", exc, job), cached=False
-            )
+            failure = {
+                **_failed(_unpickle_message(f"function {job['function']}", exc, job), cached=False),
+                "final": True,
+            }
             if unloadable is not None:
                 unloadable[job["blob_hash"]] = failure
             return failure

@@ -83,6 +83,7 @@ class Outcome:
     output: bytes | None = None
     error: CallError | None = None
     reason: str | None = None
+    final: bool = False  # no other attempt could succeed (see AttemptResult.final)
 
 
 class Worker:
@@ -360,6 +361,7 @@ class Worker:
             # model_construct: the bytes are raw already (validation would expect base64).
             error=CallError.model_construct(**error) if error else None,
             reason=outcome.get("reason"),
+            final=bool(outcome.get("final")),
         )
 
     def _died(self) -> Outcome:

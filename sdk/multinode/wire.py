@@ -517,6 +517,11 @@ class AttemptResult(BaseModel):
     output: Base64Bytes | None = None
     error: CallError | None = None
     reason: str | None = None
+    final: bool = Field(
+        False,
+        description="the failure cannot succeed on another attempt (the VM cannot load what "
+        "was deployed: another Python or cloudpickle); the call fails at once, retries unspent",
+    )
 
 
 class AgentLog(BaseModel):

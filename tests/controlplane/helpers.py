@@ -187,4 +187,5 @@ def result(assignment: wire.Assignment, status: str = "succeeded", **kw) -> wire
         output=kw.pop("output", b"out" if status == "succeeded" else None),
         error=kw.pop("error", None),
         reason=kw.pop("reason", None),
+        final=kw.pop("final", False),
     )

@@ -237,3 +237,18 @@ def test_deep_prefetch_claims_oldest_first_within_capacity_and_the_poll_limit(
     other = add_instance(ctx, user, vcpus=2)
     taken = agents.poll_once(ctx, other.instance_id, [], prefetch=wire.MAX_PREFETCH).assignments
     assert [a.call_id for a in taken] == ids[136:186]
+
+
+def test_a_final_failure_fails_the_call_at_once_with_its_retries_unspent(
+    ctx: Context, user: Principal
+) -> None:
+    deploy(ctx, user, f=wire.FunctionSpec(retries=3))
+    [call_id] = submit(ctx, user, 1)
+    agent = add_instance(ctx, user)
+    [a] = agents.poll_once(ctx, agent.instance_id, []).assignments
+    reason = "pickled with Python 3.12 / cloudpickle 3.1.2, this VM runs Python 3.11"
+    failed = result(a, "failed", reason=reason, final=True)
+    assert agents.report(ctx, agent, wire.ReportRequest(results=[failed])).rejected == []
+    row = call_row(ctx, call_id)
+    assert (row.status, row.failure_reason) == ("failed", reason)
+    assert agents.poll_once(ctx, agent.instance_id, []).assignments == []  # not queued again

@@ -54,6 +54,8 @@ DECISIONS = [
     ((0, 0, 2, 3, "lost", False), ("failed", 0, 3)),
     ((5, 0, 0, 3, "lost", True), ("cancelled", 0, 1)),
     ((5, 0, 0, 3, "error", True), ("cancelled", 1, 0)),
+    # a final failure (the VM cannot load what was deployed) is never retried
+    ((5, 0, 0, 3, "final", False), ("failed", 1, 0)),
 ]
 
 

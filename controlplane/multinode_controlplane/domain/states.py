@@ -27,7 +27,7 @@ ATTEMPT_FINAL: frozenset[str] = frozenset(
     {SUCCEEDED, FAILED, CANCELLED, TIMED_OUT, "lost", "released"}
 )
 
-FailureKind = Literal["error", "timeout", "lost"]
+FailureKind = Literal["error", "timeout", "lost", "final"]
 
 
 def check_transition(current: str, new: str) -> None:
@@ -75,7 +75,9 @@ def after_attempt_failure(
     final as ``timed_out`` once they are spent). An attempt ``lost`` to infrastructure
     (the VM vanished or stopped heart-beating) spends the separate budget ``max_infra``:
     the call is requeued while fewer than ``max_infra`` attempts were lost, then fails.
-    A call whose cancellation was requested is cancelled, whatever the failure.
+    A call whose cancellation was requested is cancelled, whatever the failure. A ``final``
+    failure (the VM cannot load what was deployed, e.g. another Python) fails the call at
+    once: no attempt could succeed, so no retry is spent on it.
 
     Args:
         spec_retries: the function's ``retries``.
@@ -103,6 +105,8 @@ def after_attempt_failure(
             infra_failures,
             f"infrastructure: {infra_failures} attempts lost ({reason or 'instance lost'})",
         )
+    if kind == "final":
+        return Decision(FAILED, user_failures, infra_failures, reason or "cannot run here")
     if user_failures <= spec_retries:
         return Decision(QUEUED, user_failures, infra_failures)
     if kind == "timeout":

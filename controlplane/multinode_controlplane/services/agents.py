@@ -343,7 +343,11 @@ def _apply_result(result: wire.AttemptResult, row, now: float, max_infra: int) -
         out["_output"] = result.output
         out["_reason"] = None
     elif result.status in (states.FAILED, states.TIMED_OUT):
-        kind = "timeout" if result.status == states.TIMED_OUT else "error"
+        kind: states.FailureKind = (
+            "timeout"
+            if result.status == states.TIMED_OUT
+            else ("final" if result.final else "error")
+        )
         default = f"{result.error.type}: {result.error.message}" if result.error else None
         decision = states.after_attempt_failure(
             row.retries,
