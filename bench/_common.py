@@ -24,6 +24,7 @@ def cpu_seconds(pid: int) -> float:
 ROLES = (
     ("worker", "multinode_agent.runtime"),
     ("agent", "multinode_agent"),
+    ("gateway", "multinode_controlplane.gateway"),
     ("controlplane", "multinode_controlplane"),
     ("vmrunner", "multinode_provisioner.vmrunner"),
     ("emulator", "multinode_provisioner.emulator"),
@@ -48,7 +49,7 @@ def processes_by_role() -> Iterator[tuple[int, str]]:
 
 def cpu_by_role(client_pid: int) -> dict[str, float]:
     """CPU seconds so far of every process of the local cloud, summed by role (worker,
-    agent, controlplane, vmrunner, emulator; postgres: every PostgreSQL server process on
+    agent, gateway, controlplane, vmrunner, emulator; postgres: every PostgreSQL server process on
     the machine) plus ``client`` (``client_pid``), from /proc.
 
     Take it before and after a run and subtract (:func:`role_delta`): processes that

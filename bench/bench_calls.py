@@ -97,7 +97,11 @@ def measure(target: str, args: argparse.Namespace) -> dict:
         else:
             aws = {"aws_port": free_port(), "use_existing_aws": False}
         config = _localcloud.LocalCloudConfig(
-            home=home, control_plane_port=free_port(), database_url=args.database_url, **aws
+            home=home,
+            control_plane_port=free_port(),
+            gateway_port=free_port(),
+            database_url=args.database_url,
+            **aws,
         )
         state = _localcloud.up(config, echo=lambda _m: None)
         stack.callback(_localcloud.down, config, echo=lambda _m: None)

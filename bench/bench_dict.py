@@ -58,6 +58,7 @@ def main() -> int:
         home=home,
         aws_port=free_port(),
         control_plane_port=free_port(),
+        gateway_port=free_port(),
         use_existing_aws=False,
     )
     os.environ["MN_HOME"] = str(home)

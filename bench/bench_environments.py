@@ -149,6 +149,7 @@ class _cloud:
             home=self.home,
             aws_port=free_port(),
             control_plane_port=free_port(),
+            gateway_port=free_port(),
             use_existing_aws=False,
         )
         self._localcloud = _localcloud

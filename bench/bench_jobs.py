@@ -71,7 +71,11 @@ def main() -> int:
     from multinode._deploy import deploy
 
     config = _localcloud.LocalCloudConfig(
-        home=home, aws_port=free_port(), control_plane_port=free_port(), use_existing_aws=False
+        home=home,
+        aws_port=free_port(),
+        control_plane_port=free_port(),
+        gateway_port=free_port(),
+        use_existing_aws=False,
     )
     _localcloud.up(config, echo=lambda _m: None)
     figures: dict = {

@@ -115,6 +115,7 @@ def main() -> int:
         home=tmp / "home",
         aws_port=free_port(),
         control_plane_port=free_port(),
+        gateway_port=free_port(),
         use_existing_aws=False,
     )
     cp = config.control_plane_port

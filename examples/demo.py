@@ -42,7 +42,9 @@ def main() -> None:
             ("country-fanout", "nightly"): schedules.trigger("country-fanout", "nightly"),
             ("tweet-summaries", "summarize"): schedules.trigger("tweet-summaries", "summarize"),
         }
-        [url] = mn.get_service("tweet-summaries", "api").wait_ready(timeout=120)
+        web = mn.get_service("tweet-summaries", "api")
+        [replica] = web.wait_ready(timeout=120)
+        url = (web.endpoint() or replica).rstrip("/")
         for (app, task), handle in runs.items():
             print(f"  {app}.{task} -> {handle.result(timeout=300)!r}")
 
@@ -53,7 +55,7 @@ def main() -> None:
         for row in mn.get_dict(name="results", app="country-fanout")["latest"]:
             instance = row["instance"]
             print(f"  {row['country']:<7} {row['checksum']}  on {instance} ({types[instance]})")
-        print(f"\ntweet-summaries service at {url}")
+        print(f"\ntweet-summaries service at {url} (replica at {replica})")
         with urllib.request.urlopen(f"{url}/tweet_summaries?subject=python", timeout=10) as r:
             print(f"  GET /tweet_summaries?subject=python -> {json.loads(r.read())}")
 

@@ -71,6 +71,11 @@ class ServerSettings(BaseSettings):
         "made once in secrets.key beside the database file (mode 0600). Unset with "
         "PostgreSQL: secrets are refused, since replicas must share one key.",
     )
+    gateway_url: str | None = Field(
+        None,
+        description="Where the services' gateway answers (e.g. http://127.0.0.1:7700); a "
+        "service's stable endpoint is <gateway_url>/<app>/<service>/. The local cloud sets it.",
+    )
     vm_pythons: list[str] = Field(
         default_factory=_own_python,
         description="Python minor versions the VMs' agents run (JSON list, e.g. "

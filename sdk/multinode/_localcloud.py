@@ -53,6 +53,7 @@ __all__ = ["LocalCloudConfig", "LocalCloudError", "down", "read_state", "status"
 STATE_FORMAT = 1
 DEFAULT_AWS_PORT = 4566
 DEFAULT_CONTROL_PLANE_PORT = 7600
+DEFAULT_GATEWAY_PORT = 7700
 CLUSTER = "local"
 LOCAL_AMI = "ami-12c6146b"  # an image the emulator lists
 _START_TIMEOUT_S = 60.0
@@ -77,6 +78,10 @@ class LocalCloudConfig:
     )
     control_plane_port: int = field(
         default_factory=lambda: int(os.environ.get("MN_LOCAL_PORT", DEFAULT_CONTROL_PLANE_PORT))
+    )
+    # The services' gateway: http://127.0.0.1:<port>/<app>/<service>/ for every service.
+    gateway_port: int = field(
+        default_factory=lambda: int(os.environ.get("MN_LOCAL_GATEWAY_PORT", DEFAULT_GATEWAY_PORT))
     )
     database_url: str | None = None  # default: SQLite under home/local
     server_env: Mapping[str, str] = field(default_factory=dict)  # extra MN_SERVER_* settings
@@ -168,9 +173,11 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     aws_url = f"http://127.0.0.1:{config.aws_port}"
     url = f"http://127.0.0.1:{config.control_plane_port}"
+    gateway = f"http://127.0.0.1:{config.gateway_port}"
     state: dict = {
         "format": STATE_FORMAT,
         "url": url,
+        "gateway": gateway,
         "api_key": "mnk_" + secrets.token_urlsafe(32),
         "aws_endpoint": aws_url,
         "aws": "moto",
@@ -194,6 +201,7 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
         aws_env = _aws_env(aws_url, state["dynamodb_endpoint"] or aws_url)
 
         refuse_taken_port(config.control_plane_port, "the control plane", "MN_LOCAL_PORT=...")
+        refuse_taken_port(config.gateway_port, "the gateway", "MN_LOCAL_GATEWAY_PORT=...")
         db = config.database_url or f"sqlite:///{config.dir / 'controlplane.db'}"
         server_env = {
             **aws_env,
@@ -202,6 +210,7 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
             "MN_SERVER_HOST": "127.0.0.1",
             "MN_SERVER_PORT": str(config.control_plane_port),
             "MN_SERVER_PUBLIC_URL": url,
+            "MN_SERVER_GATEWAY_URL": gateway,
             "MN_SERVER_API_KEY": state["api_key"],
             "MN_SERVER_CLUSTER": config.cluster,
             "MN_SERVER_COMPUTE": "aws",
@@ -223,6 +232,12 @@ def _start(config: LocalCloudConfig, *, echo) -> dict:
         }
         state["controlplane_env"] = server_env
         _start_controlplane(state, logs, echo=echo)
+        gateway_env = {"MN_GATEWAY_API_KEY": state["api_key"]}
+        args = ["-m", "multinode_controlplane.gateway", "--port", str(config.gateway_port)]
+        log = logs / "gateway.log"
+        pid = _record(state, "gateway", [*args, "--control-plane", url], gateway_env, log)
+        wait_healthy("gateway", pid, f"{gateway}/_gateway/health", log, timeout=_START_TIMEOUT_S)
+        echo(f"gateway: {gateway}/<app>/<service>/")
 
         runner_env = {
             **aws_env,
@@ -343,7 +358,7 @@ def free_port() -> int:
 
 # The control plane goes first (it stops launching), then the VM runner (it stops every VM
 # process it booted), then the emulators they both talk to.
-_STOP_ORDER = ("controlplane", "vmrunner", "aws", "dynamodb")
+_STOP_ORDER = ("gateway", "controlplane", "vmrunner", "aws", "dynamodb")
 
 
 def _stop_all(state: dict, *, echo) -> None:
@@ -390,7 +405,7 @@ def _statuses(state: dict) -> list[ComponentStatus]:
                 f"LocalStack at {state['aws_endpoint']} (not managed)",
             )
         )
-    for name in ("aws", "dynamodb", "controlplane", "vmrunner"):
+    for name in ("aws", "dynamodb", "controlplane", "gateway", "vmrunner"):
         proc = state.get("processes", {}).get(name)
         if proc is None:
             continue
@@ -398,6 +413,7 @@ def _statuses(state: dict) -> list[ComponentStatus]:
             "aws": f"emulator at {state['aws_endpoint']}",
             "dynamodb": f"emulator for DynamoDB at {state.get('dynamodb_endpoint')}",
             "controlplane": state["url"],
+            "gateway": f"{state.get('gateway')}/<app>/<service>/",
             "vmrunner": state.get("vms", "boots instances as local processes"),
         }[name]
         out.append(ComponentStatus(name, proc["pid"], is_ours(proc), detail))

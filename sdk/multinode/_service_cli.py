@@ -22,7 +22,8 @@ def services_command(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """List services: each replica's URL, version, state and restarts."""
+    """List services: each one's stable endpoint, then each replica's URL, version, state
+    and restarts."""
     items = _client().list_services(app=app_name, include_stopped=include_stopped)
     if as_json:
         return _print_json(items)
@@ -30,12 +31,16 @@ def services_command(
 
 
 def services_table(items: list[wire.ServiceInfo]) -> Table:
-    table = Table("app", "service", "version", "replica", "url", "state", "restarts", "since")
+    table = Table(
+        "app", "service", "endpoint", "version", "replica", "replica url", "state", "restarts",
+        "since",
+    )  # fmt: skip
     for item in items:
         state = item.state.value + (" (crash loop)" if item.crash_looping else "")
         table.add_row(
             item.app,
             item.name,
+            item.endpoint or "-",
             str(item.version),
             str(item.replica),
             item.url or "-",

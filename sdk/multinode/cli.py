@@ -132,8 +132,10 @@ def deploy_command(
         with out.status(f"waiting for service {service} to answer"):
             wait_ready(client, info.app, service, version=info.version, timeout=timeout)
     if not as_json:
-        replicas = client.list_services(app=info.app)
-        out.print(services_table([r for r in replicas if r.version == info.version]))
+        replicas = [r for r in client.list_services(app=info.app) if r.version == info.version]
+        out.print(services_table(replicas))
+        for endpoint in sorted({r.endpoint for r in replicas if r.endpoint}):
+            out.print(f"[bold]{escape(endpoint)}[/bold]  (the same after every redeploy)")
 
 
 @_command("run", context_settings=_PASS_THROUGH)

@@ -56,6 +56,11 @@ class Service(Function[Any]):
 
         return get_client().get_service(self._target().app, self.name)
 
+    def endpoint(self) -> str | None:
+        """The service's stable address at the gateway, the same through every redeploy
+        (None when the control plane has no gateway, or before its first replica)."""
+        return next((r.endpoint for r in self.replicas() if r.endpoint), None)
+
     def urls(self) -> list[str]:
         """Where the newest version's ready replicas answer (an older version's while none
         of the newest is ready yet); empty when none is ready."""

@@ -773,6 +773,11 @@ class ServiceInfo(BaseModel):
     replica: int
     state: ServiceState
     url: str | None = None
+    endpoint: str | None = Field(
+        None,
+        description="the service's stable address at the gateway, the same for every "
+        "replica and version (None without a gateway)",
+    )
     restarts: int = 0
     crash_looping: bool = False
     last_exit: str | None = None

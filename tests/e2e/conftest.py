@@ -95,6 +95,7 @@ def started_local_cloud(
     config = _localcloud.LocalCloudConfig(
         home=home,
         control_plane_port=free_port(),
+        gateway_port=free_port(),
         dynamodb_port=free_port(),
         database_url=database_url,
         server_env={**E2E_SERVER_ENV, **(server_env or {})},

@@ -131,6 +131,7 @@ def test_up_twice_is_harmless_and_down_leaves_nothing_running(
         "MN_HOME": str(tmp_path),
         "MN_LOCAL_AWS_PORT": str(aws_port),
         "MN_LOCAL_PORT": str(free_port()),
+        "MN_LOCAL_GATEWAY_PORT": str(free_port()),
     }
     mn("up", env=env)
     state = json.loads((tmp_path / "local" / "state.json").read_text())
@@ -143,7 +144,7 @@ def test_up_twice_is_harmless_and_down_leaves_nothing_running(
             == state["processes"]
         )
         status = json.loads(mn("status", "--json", env=env).stdout)
-        expected = {"aws", "controlplane", "vmrunner"}
+        expected = {"aws", "controlplane", "gateway", "vmrunner"}
         if aws_target.name == "localstack":
             expected.add("dynamodb")  # the emulator serving DynamoDB beside LocalStack
         assert {s["name"] for s in status if s["running"]} == expected

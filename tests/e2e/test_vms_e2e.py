@@ -75,6 +75,7 @@ def test_down_removes_what_a_killed_vm_runner_left(
         home=tmp_path / "home",
         aws_port=free_port(),
         control_plane_port=free_port(),
+        gateway_port=free_port(),
         use_existing_aws=False,
         server_env=E2E_SERVER_ENV,
     )

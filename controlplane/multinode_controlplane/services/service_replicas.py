@@ -208,7 +208,7 @@ def list_services(
             .where(*where)
             .order_by(ap.name, r.function, r.version.desc(), r.replica)
         ).all()
-    return [_info(row) for row in rows]
+    return [_info(ctx, row) for row in rows]
 
 
 def get_service(ctx: Context, principal: Principal, app: str, name: str) -> list[wire.ServiceInfo]:
@@ -340,8 +340,15 @@ def _stop(session, rows, now, report, cancel_instances, finished_calls) -> None:
         report.stopping.append(row.id)
 
 
-def _info(row) -> wire.ServiceInfo:  # type: ignore[no-untyped-def]
+def endpoint(ctx: Context, app: str, service: str) -> str | None:
+    """The service's stable address at the gateway (``MN_SERVER_GATEWAY_URL``), if any."""
+    base = ctx.settings.gateway_url
+    return f"{base.rstrip('/')}/{app}/{service}/" if base else None
+
+
+def _info(ctx: Context, row) -> wire.ServiceInfo:  # type: ignore[no-untyped-def]
     return wire.ServiceInfo(
+        endpoint=endpoint(ctx, row.app_name, row.function),
         app=row.app_name,
         name=row.function,
         version=row.version,
