@@ -149,8 +149,7 @@ def main() -> int:
     )
     from multinode._client import get_client
 
-    folder = home / "app"
-    folder.mkdir()
+    folder = Path(tempfile.mkdtemp(prefix="mn-bench-app-"))  # MN_HOME is never uploaded
     app_file = folder / "svcbench.py"
     app_file.write_text(textwrap.dedent(APP_SOURCE.format(version="v1")))
     direct_port = free_port()

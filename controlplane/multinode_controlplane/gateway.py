@@ -463,7 +463,12 @@ def main() -> None:
         )
         await gateway.serve(stop)
 
-    asyncio.run(run())
+    try:  # libuv's event loop: the gateway's own cost per request is most of its overhead
+        import uvloop
+    except ImportError:
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
 
 
 if __name__ == "__main__":
