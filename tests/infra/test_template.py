@@ -228,3 +228,18 @@ def test_data_outlives_the_stack() -> None:
     for name in ("DictTable", "DictBucket", "DatabaseSecret"):
         assert template[name]["DeletionPolicy"] == "Retain", name
     assert template["Database"]["DeletionPolicy"] == "Snapshot"
+
+
+@pytest.mark.parametrize("users", ["", "203.0.113.0/24"])
+def test_the_gateway_on_the_host_is_reached_by_service_users_only(users: str) -> None:
+    stack = render({"ServiceIngressCidr": users})
+    gateway = {"IpProtocol": "tcp", "FromPort": "8080", "ToPort": "8080"}
+    opened = [
+        r for r in rules(stack, "ControlPlaneSecurityGroup", "ingress") if r["FromPort"] == "8080"
+    ]
+    assert opened == ([{**gateway, "CidrIp": users}] if users else [])
+    env = host_env(stack)
+    assert env["MN_SERVER_GATEWAY_URL"] == "http://$public:8080"
+    script = stack.properties("ControlPlaneInstance")["UserData"]
+    assert "ExecStart=/opt/multinode/bin/python -m multinode_controlplane.gateway" in script
+    assert "systemctl enable --now multinode multinode-gateway" in script
