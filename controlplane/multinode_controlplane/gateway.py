@@ -16,7 +16,8 @@ what they were sent. The route table is read from ``GET /v1/services`` every
 
 A request that cannot reach a replica before anything was sent to it (connection refused,
 or a kept-alive connection the replica closed) is tried on the next replica, so a
-replica stopping between two refreshes fails no request. No replica: 503 with
+replica stopping between two refreshes fails no request; a replica that refused a
+connection gets no requests for ``_EJECT_S`` unless no other is left. No replica: 503 with
 ``Retry-After``; no such service: 404. HTTP/1.1 with keep-alive on both sides; request and
 response bodies stream through (``Content-Length`` or chunked); an ``Upgrade`` (WebSocket)
 becomes a two-way pipe.
@@ -45,6 +46,7 @@ _MAX_HEAD = 64 * 1024
 _CONNECT_TIMEOUT_S = 5.0
 _IDLE_TIMEOUT_S = 75.0  # a client's kept-alive connection with no request is closed
 _REPLAYABLE = 1 << 20  # request bodies up to this size are kept to be sent again
+_EJECT_S = 5.0  # a replica that refused a connection gets no requests for this long
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer"}
 
 
@@ -58,9 +60,6 @@ class Routes:
 
     table: dict[tuple[str, str], list[tuple[str, int]]] = field(default_factory=dict)
     known: set[tuple[str, str]] = field(default_factory=set)
-    _turns: dict[tuple[str, str], itertools.count] = field(
-        default_factory=lambda: defaultdict(itertools.count)
-    )
 
     @classmethod
     def from_replicas(cls, replicas: list[dict]) -> Routes:
@@ -79,12 +78,12 @@ class Routes:
         table = {key: sorted(ready[(*key, version)]) for key, version in newest.items()}
         return cls(table=table, known=known)
 
-    def replicas(self, app: str, service: str) -> list[tuple[str, int]]:
-        """The service's ready replicas, starting with the next in turn."""
+    def replicas(self, app: str, service: str, turn: int) -> list[tuple[str, int]]:
+        """The service's ready replicas, starting with the ``turn``-th."""
         found = self.table.get((app, service), [])
         if not found:
             return []
-        start = next(self._turns[(app, service)]) % len(found)
+        start = turn % len(found)
         return found[start:] + found[:start]
 
 
@@ -108,6 +107,11 @@ class Gateway:
         self.refresh_s = refresh_s
         self.hold_s = hold_s
         self.routes = Routes()
+        self._clients: set[asyncio.Task] = set()
+        # Turns outlive the route table, which is rebuilt on every refresh.
+        self._turns: dict[tuple[str, str], itertools.count] = defaultdict(itertools.count)
+        # Replicas that refused a connection are skipped for _EJECT_S, unless none is left.
+        self._refused: dict[tuple[str, int], float] = {}
         self._pools: dict[
             tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
         ] = defaultdict(list)
@@ -121,6 +125,10 @@ class Gateway:
         finally:
             refresher.cancel()
             server.close()
+            clients = list(self._clients)
+            for task in clients:  # kept-alive clients would otherwise hold on
+                task.cancel()
+            await asyncio.gather(refresher, *clients, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await server.wait_closed()
 
@@ -160,6 +168,9 @@ class Gateway:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
         try:
             while True:
                 try:
@@ -177,6 +188,8 @@ class Gateway:
         except ConnectionError:
             pass
         finally:
+            if task is not None:
+                self._clients.discard(task)
             writer.close()
 
     async def _one(self, head: bytes, reader, writer, peer) -> bool:  # type: ignore[no-untyped-def]
@@ -194,13 +207,14 @@ class Gateway:
         if (app, service) not in self.routes.known:
             await _answer(writer, 404, f"no service {service!r} in app {app!r}")
             return _skip_body(headers) and await _drain_body(reader, headers)
-        replicas = self.routes.replicas(app, service)
+        turn = next(self._turns[(app, service)])
+        replicas = self.routes.replicas(app, service, turn)
         # A service that has no ready replica yet (just deployed, or restarting) is given a
         # few seconds before the client is told to come back.
         deadline = asyncio.get_running_loop().time() + self.hold_s
         while not replicas and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-            replicas = self.routes.replicas(app, service)
+            replicas = self.routes.replicas(app, service, turn)
         if not replicas:
             await _answer(
                 writer, 503, f"service {service!r} of {app!r} has no ready replica", retry_after=1
@@ -230,11 +244,15 @@ class Gateway:
         chunked = _header(headers, b"transfer-encoding") is not None
         streaming = chunked or (length is not None and int(length) > _REPLAYABLE)
         body = b"" if streaming or length is None else await reader.readexactly(int(length))
-        for address in replicas:
+        now = asyncio.get_running_loop().time()
+        healthy = [a for a in replicas if self._refused.get(a, 0.0) <= now]
+        for address in healthy or replicas:
             for reuse in (True, False):  # a kept-alive connection first, then a new one
                 upstream = await self._connect(address, reuse=reuse)
                 if upstream is None:
-                    break  # the replica does not accept connections: the next one
+                    # It does not accept connections: skip it for a while, try the next.
+                    self._refused[address] = asyncio.get_running_loop().time() + _EJECT_S
+                    break
                 up_reader, up_writer = upstream
                 try:
                     up_writer.write(request_head + body)
