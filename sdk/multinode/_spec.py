@@ -56,6 +56,7 @@ def build_spec(
     secrets: Any = None,
     pip: Any = None,
     python: Any = None,
+    capacity_timeout: Any = 1800,
     kind: Literal["function", "job", "service"] = "function",
 ) -> wire.FunctionSpec:
     """Validate decorator arguments for ``func_name`` and return its spec.
@@ -88,7 +89,17 @@ def build_spec(
         secrets=parse_secrets(secrets, where=where),
         pip=parse_pip(pip, where=where),
         python=parse_python(python, where=where),
+        capacity_timeout_s=parse_capacity_timeout(capacity_timeout, where=where),
     )
+
+
+def parse_capacity_timeout(value: Any, *, where: str) -> float:
+    """How long a call may wait for capacity: seconds or a timedelta, up to 7 days."""
+    example = "capacity_timeout=timedelta(hours=1)"
+    seconds = parse_seconds(value, arg="capacity_timeout", where=where, example=example)
+    if seconds > _upper_limit("capacity_timeout_s"):
+        raise _invalid(where, "capacity_timeout", value, f"at most 7 days, e.g. {example}")
+    return seconds
 
 
 def parse_pip(value: Any, *, where: str) -> list[str]:

@@ -214,6 +214,7 @@ def function(
     secrets: list[str] | None = None,
     pip: list[str] | None = None,
     python: str | None = None,
+    capacity_timeout: Any = 1800,
 ) -> Callable[[Callable[..., R]], Function[R]]: ...
 
 
@@ -232,6 +233,7 @@ def function(
     secrets: list[str] | None = None,
     pip: list[str] | None = None,
     python: str | None = None,
+    capacity_timeout: Any = 1800,
 ) -> Any:
     """Declare a function that can run on cloud VMs; use as ``@mn.function`` or with options.
 
@@ -252,6 +254,8 @@ def function(
             app's ``requirements.txt``; the environment is built once at deploy.
         python: the Python minor version to run on, e.g. ``"3.12"`` (default: the one
             deploying).
+        capacity_timeout: seconds (or a timedelta) a call may wait while no instance
+            type has capacity; then it fails, naming the types tried. Default 30 minutes.
 
     Raises:
         InvalidRequestError: at decoration time, for any invalid option, with the fix.
@@ -268,6 +272,7 @@ def function(
         "secrets": secrets,
         "pip": pip,
         "python": python,
+        "capacity_timeout": capacity_timeout,
     }
     return make_decorator(_func, options, defaults=_DEFAULTS, cls=Function, kind="function")
 
@@ -284,6 +289,7 @@ _DEFAULTS: dict[str, Any] = {
     "secrets": None,
     "pip": None,
     "python": None,
+    "capacity_timeout": 1800,
 }
 
 

@@ -216,6 +216,7 @@ def job(
     secrets: list[str] | None = None,
     pip: list[str] | None = None,
     python: str | None = None,
+    capacity_timeout: Any = 1800,
 ) -> Callable[[Callable[..., R]], Job[R]]: ...
 
 
@@ -234,6 +235,7 @@ def job(
     secrets: list[str] | None = None,
     pip: list[str] | None = None,
     python: str | None = None,
+    capacity_timeout: Any = 1800,
 ) -> Any:
     """Declare a job: long work started with ``.start`` and followed by id.
 
@@ -241,8 +243,8 @@ def job(
     it yields becomes the run's ``result`` while it runs.
 
     Args:
-        cpu, memory, gpu, retries, max_workers, cooldown, env, secrets, pip, python: as
-            for ``@mn.function``.
+        cpu, memory, gpu, retries, max_workers, cooldown, env, secrets, pip, python,
+            capacity_timeout: as for ``@mn.function``.
         timeout: seconds (or a timedelta) one run may last before it is stopped and
             failed; default one day.
 
@@ -261,6 +263,7 @@ def job(
         "secrets": secrets,
         "pip": pip,
         "python": python,
+        "capacity_timeout": capacity_timeout,
     }
     return make_decorator(_func, options, defaults=_DEFAULTS, cls=Job, kind="job")
 

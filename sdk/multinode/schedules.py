@@ -113,8 +113,8 @@ def schedule(
         catchup_window: after downtime, the latest missed due time runs if it is at most
             this old (a timedelta or seconds); the others are recorded as missed.
         **function_options: ``cpu``, ``memory``, ``gpu``, ``timeout``, ``retries``,
-            ``max_workers``, ``cooldown``, ``env``, ``secrets``, ``pip``, ``python``, as
-            for ``@mn.function``.
+            ``max_workers``, ``cooldown``, ``env``, ``secrets``, ``pip``, ``python``,
+            ``capacity_timeout``, as for ``@mn.function``.
 
     Raises:
         InvalidRequestError: at decoration time: both or neither of interval/cron, a bad
@@ -232,6 +232,7 @@ _FUNCTION_ARGS = (
     "secrets",
     "pip",
     "python",
+    "capacity_timeout",
 )
 
 

@@ -59,6 +59,12 @@ class FunctionSpec(BaseModel):
     retries: int = Field(0, ge=0, le=20)
     max_workers: int = Field(10, ge=1, le=1000)
     cooldown_s: float = Field(60.0, ge=0)
+    capacity_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        le=7 * 86400,
+        description="a call still queued this long while no instance type has capacity fails",
+    )
     port: int | None = Field(None, ge=1, le=65535, description="service: the port it listens on")
     replicas: int = Field(1, ge=1, le=100, description="service: how many copies run")
     env: dict[str, str] = Field(

@@ -245,3 +245,38 @@ def test_a_plan_counts_the_room_left_on_the_instances_it_launches(
     Provisioner(ctx, compute, CATALOG).run_once(reconcile=False)
     # One small.2 has two slots: one for f's call, one for g's.
     assert [r.instance_type for r in compute.launches] == ["small.2"]
+
+
+def test_with_no_capacity_anywhere_a_call_fails_after_its_capacity_timeout(
+    ctx: Context, user: Principal, clock: ManualClock
+) -> None:
+    deploy(ctx, user, f=wire.FunctionSpec(cpu=1, capacity_timeout_s=600))
+    [call_id] = submit(ctx, user, 1)
+    compute = FakeCompute(no_capacity=["small.2", "medium.4", "large.8"])
+    provisioner = Provisioner(ctx, compute, CATALOG)
+    provisioner.run_once(reconcile=False)
+    clock.advance(599)
+    provisioner.run_once(reconcile=False)
+    assert call_row(ctx, call_id).status == "queued"  # still within its timeout
+    clock.advance(ctx.settings.launch_backoff_s + 2)  # past the timeout and the back-off
+    provisioner.run_once(reconcile=False)
+    row = call_row(ctx, call_id)
+    assert row.status == "failed" and row.failure_reason.startswith("no capacity:")
+    assert "small.2, medium.4, large.8" in row.failure_reason  # the types tried
+    [later] = submit(ctx, user, 1)  # a new call waits its own timeout
+    clock.advance(ctx.settings.launch_backoff_s + 1)
+    provisioner.run_once(reconcile=False)
+    assert call_row(ctx, later).status == "queued"
+
+
+def test_a_call_waits_while_some_capacity_was_found(
+    ctx: Context, user: Principal, clock: ManualClock
+) -> None:
+    deploy(ctx, user, f=wire.FunctionSpec(cpu=1, capacity_timeout_s=60))
+    submit(ctx, user, 3)
+    clock.advance(120)
+    compute = FakeCompute(no_capacity=["small.2"])
+    Provisioner(ctx, compute, CATALOG).run_once(reconcile=False)
+    with ctx.db.read() as session:
+        statuses = {row.status for row in session.execute(select(m.CallRow)).scalars()}
+    assert statuses == {"queued"}  # medium.4 launched: they wait for it

@@ -97,6 +97,7 @@ class Provisioner:
     def _launch(self, launch_plan: provisioning.LaunchPlan, now: float, report: TickReport) -> None:
         key = (launch_plan.app_id, launch_plan.function)
         remaining, room = launch_plan.uncovered, launch_plan.room
+        launched = 0
         for offer in launch_plan.offers:
             while remaining > 0 and room > 0:
                 try:
@@ -117,11 +118,26 @@ class Provisioner:
                     return
                 remaining -= launch_plan.slots(offer)
                 room -= 1
+                launched += 1
             if remaining <= 0 or room <= 0:
                 self._backoff.pop(key, None)
                 return
-        # Every offer was out of capacity: wait before asking again.
+        # Every offer was out of capacity: wait before asking again, and end the calls
+        # that have waited past their capacity_timeout.
         self._backoff[key] = now + self.ctx.settings.launch_backoff_s
+        if launched:
+            return  # some capacity was found: the calls wait for it
+        tried = [offer.instance_type.name for offer in launch_plan.offers]
+        ended = provisioning.fail_without_capacity(self.ctx, launch_plan, tried=tried, now=now)
+        if ended:
+            log.warning(
+                "%s.%s: %d calls failed after waiting %gs with no capacity (tried %s)",
+                launch_plan.app,
+                launch_plan.function,
+                len(ended),
+                launch_plan.capacity_timeout_s,
+                ", ".join(tried),
+            )
 
     def _reconcile(self, now: float, report: TickReport) -> None:
         orphans = provisioning.reconcile(self.ctx, self.compute.list_instances(), now)

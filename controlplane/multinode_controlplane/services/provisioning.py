@@ -102,6 +102,7 @@ class LaunchPlan:
     offers: list[Offer]
     cooldown_s: float
     dedicated: bool = False  # for a service: one replica per instance, nothing else on it
+    capacity_timeout_s: float = 1800.0  # queued this long with no capacity anywhere: fail
 
     def slots(self, offer: Offer) -> int:
         """Queued calls one instance of ``offer``'s type takes."""
@@ -253,6 +254,7 @@ def _plan_one(ctx, catalog, row, fn, names, free, idle_dedicated, workers) -> La
         offers,
         spec.cooldown_s,
         dedicated=dedicated,
+        capacity_timeout_s=spec.capacity_timeout_s,
     )
 
 
@@ -268,6 +270,36 @@ def fail_unplaceable(ctx: Context, function_id: int, reason: str) -> None:
             ).scalars()
         )
     ctx.notifier.calls_finished(ids)
+
+
+def fail_without_capacity(
+    ctx: Context, launch_plan: LaunchPlan, *, tried: Sequence[str], now: float
+) -> list[str]:
+    """Fail the function's calls queued longer than its ``capacity_timeout_s`` while no
+    instance type had capacity (the caller just saw every offer refused). Returns their ids.
+    """
+    c = m.calls.c
+    cutoff = now - launch_plan.capacity_timeout_s
+    reason = (
+        f"no capacity: no instance of {', '.join(tried)} could be launched, and the call "
+        f"waited {launch_plan.capacity_timeout_s:g}s (capacity_timeout)"
+    )
+    with ctx.db.write() as session:
+        ids = list(
+            session.execute(
+                update(m.calls)
+                .where(
+                    c.app_id == launch_plan.app_id,
+                    c.function == launch_plan.function,
+                    c.status == states.QUEUED,
+                    c.created_at < cutoff,
+                )
+                .values(status=states.FAILED, finished_at=now, failure_reason=reason)
+                .returning(c.id)
+            ).scalars()
+        )
+    ctx.notifier.calls_finished(ids)
+    return ids
 
 
 def launch(
