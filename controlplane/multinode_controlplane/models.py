@@ -160,6 +160,8 @@ class AttemptRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_attempts_instance_status", "instance_id", "status"),
         Index("ix_attempts_status_started", "status", "started_at"),
+        # An instance's latest finish is one index probe, however much it has run.
+        Index("ix_attempts_instance_finished", "instance_id", "finished_at"),
     )
 
     id: str = Field(primary_key=True)

@@ -387,6 +387,11 @@ def record_cloud_id(ctx: Context, instance_id: str, cloud_id: str) -> None:
 FIRST_WORK_GRACE_S = 10.0
 
 
+_LAST_FINISH = select(func.max(m.attempts.c.finished_at)).where(
+    m.attempts.c.instance_id == bindparam("_instance")
+)
+
+
 def mark_for_termination(ctx: Context, now: float) -> int:
     """Mark ``terminating`` the ready instances idle past their cooldown and the active
     instances of undeployed apps. Keeps ``idle_since`` up to date. Returns how many."""
@@ -406,13 +411,14 @@ def mark_for_termination(ctx: Context, now: float) -> int:
                 .distinct()
             ).scalars()
         )
-        last = dict(
-            session.execute(
-                select(a.instance_id, func.max(a.finished_at))
-                .where(a.instance_id.in_(ids))
-                .group_by(a.instance_id)
-            ).all()
-        )
+        # One probe of (instance_id, finished_at) per idle instance: the cost of this
+        # pass follows the instances alive, not the attempts they ever ran.
+        last = {
+            r.id: session.execute(_LAST_FINISH, {"_instance": r.id}).scalar()
+            for r in ready
+            if r.id not in busy
+        }
+        last = {k: v for k, v in last.items() if v is not None}
         idle_updates, idle = [], []
         for r in ready:
             since = None if r.id in busy else max(r.ready_at or 0.0, last.get(r.id) or 0.0)
