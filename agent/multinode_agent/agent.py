@@ -74,6 +74,7 @@ _PREFETCH_COVER_S = 0.05
 _MAX_BATCH = 64
 # Secret values shorter than this are not masked in logs: they would hide ordinary text.
 _MIN_MASKED = 4
+_ENVIRONMENT_TRIES = 5  # downloads of a function's environment before its calls fail
 
 
 class StopReason(str, Enum):
@@ -154,7 +155,7 @@ class Agent:
         self._environments = EnvironmentCache(cache_dir=settings.cache_dir / "environments")
         # (function, version) -> its variables and environment, read once per agent
         self._setups: dict[tuple[str, int], _Setup] = {}
-        self._envs_lock = threading.Lock()
+        self._setups_lock = threading.Lock()
         # Values of the secrets given to this agent's functions, masked in every log line
         # (longest first, so a value containing another is masked whole).
         self._masks: tuple[str, ...] = ()
@@ -572,7 +573,7 @@ class Agent:
         """What ``a``'s function runs with (its variables and secrets, its environment on
         disk), read once per function version; None when the agent stops first."""
         key = (a.function, a.version)
-        with self._envs_lock:
+        with self._setups_lock:
             known = self._setups.get(key)
         if known is not None:
             return known
@@ -588,14 +589,23 @@ class Agent:
                 )
             except Refused as exc:
                 return Outcome("failed", reason=f"the function's setup is unavailable: {exc}")
-            except (Unreachable, EnvironmentUnavailable) as exc:
+            except EnvironmentUnavailable as exc:
+                # A download that keeps failing (or keeps arriving corrupt) ends the calls
+                # rather than holding them running until their timeout.
+                if failures >= _ENVIRONMENT_TRIES - 1:
+                    return Outcome("failed", reason=f"the function's packages: {exc}")
+                log.warning("preparing %s failed: %s", a.function, exc)
+                self._stop.wait(backoff(failures))
+                failures += 1
+                continue
+            except Unreachable as exc:
                 log.warning("preparing %s failed: %s", a.function, exc)
                 self._stop.wait(backoff(failures))
                 failures += 1
                 continue
             env = answer.env
             setup = _Setup(env=env, environment=path)
-            with self._envs_lock:
+            with self._setups_lock:
                 self._setups[key] = setup
                 values = {env[k] for k in answer.secret_keys if len(env.get(k, "")) >= _MIN_MASKED}
                 if values - set(self._masks):

@@ -22,6 +22,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from multinode.wire import (
+    EnvironmentRef,
     FunctionEnv,
     FunctionEnvRequest,
     PollRequest,
@@ -52,6 +53,7 @@ class StubControlPlane:
         self.revoked = False
         self.failing_reports = 0  # answer this many reports with 503 first
         self.envs: dict[tuple[str, int], dict[str, str]] = {}  # (function, version) -> env
+        self.environments: dict[tuple[str, int], EnvironmentRef] = {}
         self.env_requests: list[FunctionEnvRequest] = []
         self._answers: queue.Queue[PollResponse] = queue.Queue()
         self._lock = threading.Lock()
@@ -129,8 +131,11 @@ class StubControlPlane:
                     request = FunctionEnvRequest.model_validate_json(body)
                     with stub._lock:
                         stub.env_requests.append(request)
-                    env = stub.envs.get((request.function, request.version), {})
-                    return self._reply(200, FunctionEnv(env=env).model_dump_json().encode())
+                    key = (request.function, request.version)
+                    answer = FunctionEnv(
+                        env=stub.envs.get(key, {}), environment=stub.environments.get(key)
+                    )
+                    return self._reply(200, answer.model_dump_json().encode())
                 if self.path == "/v1/agent/report" and stub.failing_reports > 0:
                     stub.failing_reports -= 1
                     return self._reply(503, b'{"code":"unreachable","message":"busy","details":{}}')

@@ -9,10 +9,12 @@ shutdown order and a revoked token; and as a process with no control plane at al
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import subprocess
 import sys
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from multinode.wire import Assignment, PollResponse
+from multinode.wire import Assignment, EnvironmentRef, PollResponse
 from multinode_agent.agent import Agent, StopReason
 from multinode_agent.settings import AgentSettings
 from tests.agent import payloads
@@ -199,3 +201,40 @@ def test_work_beyond_the_slots_waits_and_is_given_back_if_no_slot_frees(
     finally:
         run.agent.stop()
         run.wait()
+
+
+def test_a_functions_environment_is_downloaded_once_and_its_packages_import(
+    stub: StubControlPlane, running: Running, tmp_path: Path
+) -> None:
+    packed = tmp_path / "environment.tar.gz"
+    module = tmp_path / "onlyhere.py"
+    module.write_text("WHERE = 'the environment'\n")
+    with tarfile.open(packed, "w:gz") as tar:
+        tar.add(module, arcname="onlyhere.py")
+    data = packed.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    stub.blobs[digest] = data
+    stub.environments[("from_environment", 1)] = EnvironmentRef(
+        id="e" * 64, url=f"{stub.url}/v1/blobs/{digest}", sha256=digest, size=len(data)
+    )
+    first, second = (assignment(stub, payloads.from_environment) for _ in range(2))
+    stub.push(PollResponse(assignments=[first]))
+    wait_until(lambda: first.attempt_id in stub.results(), timeout=20, what="the result")
+    stub.push(PollResponse(assignments=[second]))
+    wait_until(lambda: second.attempt_id in stub.results(), timeout=20, what="the result")
+    for a in (first, second):
+        assert cloudpickle.loads(stub.results()[a.attempt_id].output) == "the environment"
+    assert len(stub.env_requests) == 1  # read once for the function's version
+
+
+def test_an_environment_that_cannot_be_downloaded_fails_the_call(
+    stub: StubControlPlane, running: Running
+) -> None:
+    stub.environments[("add", 1)] = EnvironmentRef(
+        id="e" * 64, url=f"{stub.url}/v1/blobs/{'0' * 64}", sha256="0" * 64, size=1
+    )
+    a = assignment(stub, payloads.add, 2, 2)
+    stub.push(PollResponse(assignments=[a]))
+    wait_until(lambda: a.attempt_id in stub.results(), timeout=60, what="the failure")
+    result = stub.results()[a.attempt_id]
+    assert result.status == "failed" and "the function's packages" in result.reason
