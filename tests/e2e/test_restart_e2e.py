@@ -20,7 +20,7 @@ import multinode as mn
 from multinode import _localcloud
 from multinode._client import get_client
 from tests.e2e.conftest import AwsTarget, started_local_cloud
-from tests.support.procs import wait_until
+from tests.support.procs import pid_alive, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -86,7 +86,7 @@ def test_killing_the_control_plane_mid_map_runs_every_input_exactly_once(
     pid = cloud["processes"]["controlplane"]["pid"]
     os.kill(pid, signal.SIGKILL)
     killed_at = time.monotonic()
-    wait_until(lambda: not _alive(pid), timeout=10, what="the control plane to die")
+    wait_until(lambda: not pid_alive(pid), timeout=10, what="the control plane to die")
     # The outage itself: the scenario's length, not a wait for anything.
     time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - killed_at)))
     state = _localcloud.up(cloud["config"], echo=lambda _m: None)
@@ -106,13 +106,3 @@ def test_killing_the_control_plane_mid_map_runs_every_input_exactly_once(
     # itself may have added one, up to max_workers.
     assert set(before) <= set(after) and len(after) <= 2, json.dumps(after)
     assert all(state == "ready" for state in after.values()), json.dumps(after)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie until its parent reaps it: count it dead when its state says so.
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 import multinode as mn
@@ -26,6 +25,7 @@ from multinode._client import Client, get_client
 from multinode._deploy import load_app
 from multinode.wire import CallStatus
 from tests.support.procs import wait_until
+from tests.support.recording import RecordingTransport
 
 pytestmark = pytest.mark.e2e
 
@@ -78,21 +78,6 @@ def too_big():
 """
 
 MN = [sys.executable, "-m", "multinode.cli"]
-
-
-class RecordingTransport(httpx.HTTPTransport):
-    """The real HTTP transport, keeping every request it sends."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[httpx.Request] = []
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return super().handle_request(request)
-
-    def sent(self, method: str, path: str) -> list[httpx.Request]:
-        return [r for r in self.requests if r.method == method and r.url.path == path]
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import multinode as mn
 from multinode import _client
 from multinode._client import Client, get_client
 from multinode._deploy import load_app, package
+from tests.support.recording import RecordingTransport
 
 pytestmark = pytest.mark.e2e
 
@@ -265,20 +266,20 @@ def test_only_changed_files_are_uploaded_again(local_cloud, tmp_path, app_name) 
     )
     (folder / "lib.py").write_text(f"VALUE = 1  # {app_name}\n")
     (folder / "big.csv").write_text(f"{app_name}\n" + "x,y\n" * 50_000)
-    recorded = _Recording()
+    recorded = RecordingTransport()
     client = Client(get_client().connection, transport=recorded)
     original = _client.get_client
     _client.get_client = lambda: client  # type: ignore[assignment]
     try:
         mn.deploy(folder / "main_app.py", name=app_name)
-        first = recorded.put_sizes()
+        first = put_sizes(recorded)
         assert sum(first) > 200_000  # the first deploy uploads big.csv
         recorded.requests.clear()
         (folder / "lib.py").write_text(f"VALUE = 2  # {app_name}\n")
         functions = load_app(folder / "main_app.py")[1]
         _, blobs = package(list(functions.values()))
         mn.deploy(list(functions.values()), name=app_name)
-        again = recorded.put_sizes()
+        again = put_sizes(recorded)
         assert mn.get_function(app_name, "value").call() == 2  # the VM runs the new lib.py
     finally:
         _client.get_client = original  # type: ignore[assignment]
@@ -288,14 +289,6 @@ def test_only_changed_files_are_uploaded_again(local_cloud, tmp_path, app_name) 
     assert len(blobs) == 5  # main_app.py, lib.py, big.csv, the manifest, the reference
 
 
-class _Recording(httpx.HTTPTransport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[httpx.Request] = []
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return super().handle_request(request)
-
-    def put_sizes(self) -> list[int]:
-        return [len(r.content) for r in self.requests if r.method == "PUT"]
+def put_sizes(recorded: RecordingTransport) -> list[int]:
+    """The size of each upload the client sent."""
+    return [len(r.content) for r in recorded.requests if r.method == "PUT"]
