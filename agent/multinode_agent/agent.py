@@ -363,8 +363,7 @@ class Agent:
         if setup is None:
             return  # the agent is stopping
         if isinstance(setup, Outcome):
-            for attempt in batch:
-                self._finish(attempt, setup)
+            self._finish_all(batch, setup)
             return
         try:
             worker = self._pool.acquire(
@@ -380,8 +379,7 @@ class Agent:
                 if blob is None:
                     return  # the agent is stopping
                 if isinstance(blob, Outcome):
-                    for attempt in batch:
-                        self._finish(attempt, blob)
+                    self._finish_all(batch, blob)
                     return
             live: dict[str, _Attempt] = {}
             for attempt in batch:
@@ -436,9 +434,13 @@ class Agent:
                 self._dispatcher.requeue(again, cpu=first.cpu, key=_batch_key(first))
 
     def _fail_all(self, batch: list[_Attempt], exc: Exception) -> None:
-        reason = f"the agent could not run the attempt: {exc}"
+        self._finish_all(
+            batch, Outcome("failed", reason=f"the agent could not run the attempt: {exc}")
+        )
+
+    def _finish_all(self, batch: list[_Attempt], outcome: Outcome) -> None:
         for attempt in batch:
-            self._finish(attempt, Outcome("failed", reason=reason))
+            self._finish(attempt, outcome)
 
     def _run_attempt(self, attempt: _Attempt) -> None:
         """Keep a service replica running (a runner thread of its own)."""

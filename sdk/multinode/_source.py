@@ -14,7 +14,7 @@ another function, or outside any folder) still travels by value as a cloudpickle
 
 Both forms are opaque bytes to the control plane. A reference is JSON and starts with
 ``{``; a cloudpickle starts with the pickle protocol byte ``0x80``, so a reader tells them
-apart by the first byte (:func:`is_import_reference`).
+apart by the first byte.
 """
 
 from __future__ import annotations
@@ -251,11 +251,6 @@ def app_requirements(root: Path) -> list[str]:
             raise InvalidRequestError(f"{where}: {problem}", details={"requirement": line})
         requirements.append(line)
     return requirements
-
-
-def is_import_reference(blob: bytes) -> bool:
-    """Whether a function blob is an import reference rather than a cloudpickle."""
-    return blob[:1] == b"{"
 
 
 def _resolves_to(module: ModuleType, qualname: str, func: Callable[..., Any]) -> bool:

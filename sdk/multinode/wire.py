@@ -106,11 +106,7 @@ class FunctionSpec(BaseModel):
     @field_validator("pip")
     @classmethod
     def _check_pip(cls, requirements: list[str]) -> list[str]:
-        for requirement in requirements:
-            problem = requirement_problem(requirement)
-            if problem:
-                raise ValueError(problem)
-        return requirements
+        return check_requirements(requirements)
 
     @field_validator("secrets")
     @classmethod
@@ -128,10 +124,9 @@ APP_NAME_RULE = (
     "use letters, digits, '-', '_' or '.', starting with a letter or digit, at most 63 characters"
 )
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
-SECRET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-SECRET_NAME_RULE = (
-    "use letters, digits, '-', '_' or '.', starting with a letter or digit, at most 63 characters"
-)
+# Secrets are named as apps are: one rule.
+SECRET_NAME_PATTERN = APP_NAME_PATTERN
+SECRET_NAME_RULE = APP_NAME_RULE
 
 
 def requirement_problem(requirement: object) -> str | None:
@@ -157,6 +152,19 @@ def requirement_problem(requirement: object) -> str | None:
     if text.startswith((".", "/", "~")) or "file:" in text:
         return f"requirement {text!r} names a local path, which the build cannot read"
     return None
+
+
+def check_requirements(requirements: list[str]) -> list[str]:
+    """``requirements`` if every one passes :func:`requirement_problem`.
+
+    Raises:
+        ValueError: the first problem found (pydantic turns it into a 422).
+    """
+    for requirement in requirements:
+        problem = requirement_problem(requirement)
+        if problem:
+            raise ValueError(problem)
+    return requirements
 
 
 def env_problem(key: str, value: object) -> str | None:
@@ -234,11 +242,7 @@ class EnvironmentRequest(BaseModel):
     @field_validator("requirements")
     @classmethod
     def _check_requirements(cls, requirements: list[str]) -> list[str]:
-        for requirement in requirements:
-            problem = requirement_problem(requirement)
-            if problem:
-                raise ValueError(problem)
-        return requirements
+        return check_requirements(requirements)
 
 
 class EnvironmentStatus(str, Enum):
